@@ -1,0 +1,18 @@
+"""Model-agnostic batched kernels. Nothing here imports ``mtlzoo.models``."""
+
+from mtlzoo.layers.activations import ACTIVATIONS, make_activation
+from mtlzoo.layers.cross_stitch import CrossStitchUnit
+from mtlzoo.layers.gates import SoftmaxGates, mix_experts
+from mtlzoo.layers.heads import TaskHeads
+from mtlzoo.layers.stacked import StackedLinear, StackedMLP
+
+__all__ = [
+    "ACTIVATIONS",
+    "CrossStitchUnit",
+    "SoftmaxGates",
+    "StackedLinear",
+    "StackedMLP",
+    "TaskHeads",
+    "make_activation",
+    "mix_experts",
+]

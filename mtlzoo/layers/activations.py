@@ -1,0 +1,39 @@
+"""Activation functions by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from mtlzoo.errors import MtlzooError, suggest
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+Activation = str | Callable[[], nn.Module]
+
+
+def make_activation(activation: Activation) -> nn.Module:
+    """A fresh activation module from a name in ``ACTIVATIONS`` or a module factory (``nn.GELU``)."""
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise MtlzooError(
+                f"unknown activation {activation!r}.{suggest(activation, ACTIVATIONS)} "
+                f"Known: {', '.join(ACTIVATIONS)}"
+            )
+        return ACTIVATIONS[activation]()
+    module = activation() if callable(activation) else None
+    if not isinstance(module, nn.Module):
+        raise MtlzooError(
+            f"activation must be a name or a callable returning an nn.Module, got {activation!r}"
+        )
+    return module

@@ -1,0 +1,33 @@
+"""The cross-stitch unit (Misra et al., CVPR 2016): a learned mixing of task columns.
+
+Axes: b batch, s source column, t target column, h width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo import _checks
+
+
+class CrossStitchUnit(nn.Module):
+    """``out[:, t] = sum_s alpha[s, t] * x[:, s]``, one einsum: ``'st,bsh->bth'``.
+
+    Initialised near identity, as in the paper: ``alpha[t, t] = self_weight`` and the other
+    entries of each column share ``1 - self_weight``, so every column starts as a convex mix.
+    """
+
+    def __init__(self, num_columns: int, self_weight: float = 0.9) -> None:
+        super().__init__()
+        self.num_columns = _checks.positive_int("num_columns", num_columns)
+        if num_columns == 1:
+            alpha = torch.ones(1, 1)
+        else:
+            other = (1.0 - self_weight) / (num_columns - 1)
+            alpha = torch.full((num_columns, num_columns), other)
+            alpha.fill_diagonal_(self_weight)
+        self.alpha = nn.Parameter(alpha)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("st,bsh->bth", self.alpha, x)

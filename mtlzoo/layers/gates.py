@@ -1,0 +1,70 @@
+"""Softmax gates over experts, stacked, with an optional mask of the experts each may use.
+
+Axes: b batch, g gates, d input features, e experts, a experts a gate may use, h expert width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo import _checks
+from mtlzoo.errors import MtlzooError
+from mtlzoo.layers.stacked import GroupIndex, StackedLinear
+
+
+def mix_experts(weights: Tensor, experts: Tensor) -> Tensor:
+    """Gate-weighted sums of expert outputs: ``'bge,beh->bgh'``."""
+    return torch.einsum("bge,beh->bgh", weights, experts)
+
+
+class SoftmaxGates(nn.Module):
+    """G linear softmax gates over E experts, and the mixtures they weight.
+
+    ``mask`` (g, e), optional: gate g may only use the experts where it is True. Every row must
+    allow the same number ``a`` of experts; logits are computed only for those (weight
+    (g, d, a), so no parameter belongs to a masked expert) and scattered into (b, g, e),
+    leaving exact zeros elsewhere.
+
+    ``forward(x, experts)``: ``x`` (b, d) shared by all gates or (b, g, d) one per gate,
+    ``experts`` (b, e, h); returns ``(mixed (b, g, h), weights (b, g, e))``, each weight row
+    summing to one. ``index`` computes only those gates.
+    """
+
+    def __init__(
+        self, num_gates: int, in_features: int, num_experts: int, mask: Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.num_gates = _checks.positive_int("num_gates", num_gates)
+        self.num_experts = _checks.positive_int("num_experts", num_experts)
+        if mask is None:
+            expert_index = torch.arange(num_experts).expand(num_gates, num_experts)
+        else:
+            expert_index = _mask_to_index(mask, num_gates, num_experts)
+        self.restricted = expert_index.shape[1] < num_experts
+        self.register_buffer("expert_index", expert_index.contiguous(), persistent=False)
+        self.logits = StackedLinear(num_gates, in_features, expert_index.shape[1])
+
+    def forward(self, x: Tensor, experts: Tensor, index: GroupIndex = None) -> tuple[Tensor, Tensor]:
+        weights = torch.softmax(self.logits(x, index), dim=-1)
+        if self.restricted:
+            expert_index = self.expert_index if index is None else self.expert_index[index]
+            full = weights.new_zeros(*weights.shape[:2], self.num_experts)
+            weights = full.scatter(-1, expert_index.expand(len(weights), -1, -1), weights)
+        return mix_experts(weights, experts), weights
+
+
+def _mask_to_index(mask: Tensor, num_gates: int, num_experts: int) -> Tensor:
+    """The (g, a) ids of the experts each gate may use, from a (g, e) boolean mask."""
+    if mask.dtype != torch.bool or tuple(mask.shape) != (num_gates, num_experts):
+        raise MtlzooError(
+            f"mask must be a bool tensor of shape ({num_gates}, {num_experts}), "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    counts = mask.sum(dim=1)
+    if counts.min() < 1 or counts.min() != counts.max():
+        raise MtlzooError(
+            f"every gate must be allowed the same number (>= 1) of experts, "
+            f"got per-gate counts {counts.tolist()}"
+        )
+    return mask.nonzero()[:, 1].view(num_gates, -1)

@@ -1,0 +1,90 @@
+"""Stacked linear and MLP layers: G independent layers held as one parameter each.
+
+Axes: b batch, g group (experts or tasks), d input features, o output features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo import _checks
+from mtlzoo.errors import MtlzooError
+from mtlzoo.layers.activations import Activation, make_activation
+
+GroupIndex = Sequence[int] | None
+
+
+class StackedLinear(nn.Module):
+    """G linear maps ``d -> o`` computed in one einsum.
+
+    ``x`` of shape (b, d) is read by every group: ``'bd,gdo->bgo'``.
+    ``x`` of shape (b, g, d) gives group g its own input ``x[:, g]``: ``'bgd,gdo->bgo'``.
+    ``index`` (group ids) computes only those groups, in that order.
+    Each slice is initialised like ``nn.Linear(d, o)``: U(-1/sqrt(d), 1/sqrt(d)).
+    """
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.groups = _checks.positive_int("groups", groups)
+        self.in_features = _checks.positive_int("in_features", in_features)
+        self.out_features = _checks.positive_int("out_features", out_features)
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(groups, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)  # nn.Linear's fan-in is d, not d * o
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
+        weight, bias = self.weight, self.bias
+        if index is not None:
+            weight, bias = weight[index], bias[index]
+        if x.dim() == 2 and x.shape[1] == self.in_features:
+            return torch.einsum("bd,gdo->bgo", x, weight) + bias
+        if x.dim() == 3 and x.shape[1:] == (len(weight), self.in_features):
+            return torch.einsum("bgd,gdo->bgo", x, weight) + bias
+        raise MtlzooError(
+            f"StackedLinear expects input (batch, {self.in_features}) or "
+            f"(batch, {len(weight)}, {self.in_features}), got {tuple(x.shape)}"
+        )
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, in_features={self.in_features}, out={self.out_features}"
+
+
+class StackedMLP(nn.Module):
+    """G independent MLPs (linear -> activation -> dropout per layer), one einsum a layer.
+
+    The first layer reads (b, d) shared by every group or (b, g, d), one input per group;
+    the output is (b, g, dims[-1]). With no layers the input is returned unchanged.
+    """
+
+    def __init__(
+        self,
+        groups: int,
+        in_features: int,
+        dims: Sequence[int],
+        activation: Activation = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        widths = (in_features, *_checks.layer_dims("dims", dims, allow_empty=True))
+        self.groups = groups
+        self.out_features = widths[-1]
+        self.layers = nn.ModuleList(
+            StackedLinear(groups, n_in, n_out) for n_in, n_out in zip(widths, widths[1:])
+        )
+        self.activation = make_activation(activation)
+        p = _checks.probability("dropout", dropout)
+        self.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
+        for layer in self.layers:
+            x = self.dropout(self.activation(layer(x, index)))
+        return x

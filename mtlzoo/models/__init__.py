@@ -1,0 +1,18 @@
+"""The registered architectures, one family a file. Importing a file registers its models."""
+
+from mtlzoo.models.base import ModelOutput, MultiTaskModel
+from mtlzoo.models.cross_stitch import CrossStitch
+from mtlzoo.models.mmoe import MMoE, OMoE
+from mtlzoo.models.ple import CGC, PLE
+from mtlzoo.models.shared_bottom import SharedBottom
+
+__all__ = [
+    "CGC",
+    "MMoE",
+    "OMoE",
+    "PLE",
+    "CrossStitch",
+    "ModelOutput",
+    "MultiTaskModel",
+    "SharedBottom",
+]

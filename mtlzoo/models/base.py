@@ -1,0 +1,98 @@
+"""MultiTaskModel: what every architecture shares (input checks, task selection, heads)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo import _checks
+from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.tasks import Task
+
+
+class ModelOutput(NamedTuple):
+    """What a model returns.
+
+    ``logits``: task name -> (b, out_features). ``gate_weights``: name -> (b, g, e), rows
+    summing to one ({} for architectures without gates). ``aux_loss``: a scalar to add to the
+    training loss (zero for architectures without one).
+    """
+
+    logits: dict[str, Tensor]
+    gate_weights: dict[str, Tensor]
+    aux_loss: Tensor
+
+
+class MultiTaskModel(nn.Module):
+    """Base class of the registered architectures.
+
+    A subclass builds its sharing layers and ``self.heads`` (a ``TaskHeads``), and implements
+    ``represent(x, task_ids) -> (reps (b, t, h), gate_weights)``, where ``reps`` holds the
+    tasks in ``task_ids`` (all tasks when None) in that order.
+    """
+
+    heads: nn.Module
+
+    def __init__(self, *, in_features: int, tasks: Sequence[Task]) -> None:
+        super().__init__()
+        self.in_features = _checks.positive_int("in_features", in_features)
+        self.tasks = _check_tasks(tasks)
+        self.task_names = tuple(task.name for task in self.tasks)
+
+    def represent(
+        self, x: Tensor, task_ids: Sequence[int] | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, tasks: str | Sequence[str] | None = None) -> ModelOutput:
+        """Logits for every task, or only for ``tasks`` (their heads and gates alone run)."""
+        self._check_input(x)
+        task_ids = None if tasks is None else self._task_ids(tasks)
+        reps, gate_weights = self.represent(x, task_ids)
+        return ModelOutput(self.heads(reps, task_ids), gate_weights, x.new_zeros(()))
+
+    def num_selected(self, task_ids: Sequence[int] | None) -> int:
+        return len(self.tasks) if task_ids is None else len(task_ids)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise MtlzooError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise MtlzooError(
+                f"input must have shape (batch, {self.in_features}), got {tuple(x.shape)}"
+            )
+        if not torch.is_floating_point(x):
+            raise MtlzooError(f"input must be a floating-point tensor, got {x.dtype}")
+
+    def _task_ids(self, tasks: str | Sequence[str]) -> list[int]:
+        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        if not names:
+            raise MtlzooError("tasks= must name at least one task, got an empty list")
+        for name in names:
+            if name not in self.task_names:
+                raise MtlzooError(
+                    f"unknown task {name!r}.{suggest(str(name), self.task_names)} "
+                    f"This model's tasks: {', '.join(self.task_names)}"
+                )
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise MtlzooError(f"tasks= names {duplicates} more than once")
+        return [self.task_names.index(name) for name in names]
+
+
+def _check_tasks(tasks: Sequence[Task]) -> tuple[Task, ...]:
+    if isinstance(tasks, Task):
+        tasks = [tasks]
+    if not isinstance(tasks, Sequence) or not tasks:
+        raise MtlzooError(f"tasks must be a non-empty list of mtlzoo.Task, got {tasks!r}")
+    for task in tasks:
+        if not isinstance(task, Task):
+            raise MtlzooError(f"tasks must hold mtlzoo.Task objects, got {task!r}")
+    names = [task.name for task in tasks]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise MtlzooError(f"duplicate task names: {duplicates}")
+    return tuple(tasks)

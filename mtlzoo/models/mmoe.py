@@ -1,0 +1,67 @@
+"""Multi-gate Mixture-of-Experts (MMoE) and its one-gate baseline (OMoE).
+
+Ma, Zhao, Yi, Chen, Hong, Chi, "Modeling Task Relationships in Multi-task Learning with
+Multi-gate Mixture-of-Experts", KDD 2018.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from torch import Tensor
+
+from mtlzoo import _checks
+from mtlzoo._registry import register_model
+from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads
+from mtlzoo.layers.activations import Activation
+from mtlzoo.models.base import MultiTaskModel
+from mtlzoo.tasks import Task
+
+
+@register_model("mmoe")
+class MMoE(MultiTaskModel):
+    """E experts read the input; task t's softmax gate mixes them for task t's tower.
+
+    experts (b, e, h) in one einsum, gates (b, t, e) in one einsum, mixed by
+    ``'bte,beh->bth'``. ``gate_weights["gates"]`` is (b, t, e).
+    """
+
+    one_gate: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        tasks: Sequence[Task],
+        num_experts: int = 8,
+        expert_dims: Sequence[int] = (64,),
+        tower_dims: Sequence[int] = (32,),
+        dropout: float = 0.0,
+        activation: Activation = "relu",
+    ) -> None:
+        super().__init__(in_features=in_features, tasks=tasks)
+        num_experts = _checks.positive_int("num_experts", num_experts)
+        expert_dims = _checks.layer_dims("expert_dims", expert_dims)
+        self.experts = StackedMLP(num_experts, in_features, expert_dims, activation, dropout)
+        num_gates = 1 if self.one_gate else len(self.tasks)
+        self.gates = SoftmaxGates(num_gates, in_features, num_experts)
+        self.heads = TaskHeads(self.tasks, expert_dims[-1], tower_dims, activation, dropout)
+
+    def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
+        experts = self.experts(x)
+        if self.one_gate:
+            mixed, weights = self.gates(x, experts)
+            return mixed.expand(-1, self.num_selected(task_ids), -1), {"gates": weights}
+        mixed, weights = self.gates(x, experts, task_ids)
+        return mixed, {"gates": weights}
+
+
+@register_model("omoe")
+class OMoE(MMoE):
+    """One-gate Mixture-of-Experts, the MMoE paper's baseline: one gate serves every task.
+
+    ``gate_weights["gates"]`` is (b, 1, e); the mixture is expanded to (b, t, h).
+    """
+
+    one_gate = True

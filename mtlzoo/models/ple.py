@@ -1,0 +1,162 @@
+"""Customized Gate Control (CGC) and Progressive Layered Extraction (PLE).
+
+Tang, Liu, Zhao, Gong, "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning
+(MTL) Model for Personalized Recommendations", RecSys 2020.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo import _checks
+from mtlzoo._registry import register_model
+from mtlzoo.errors import MtlzooError
+from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads
+from mtlzoo.layers.activations import Activation
+from mtlzoo.models.base import MultiTaskModel
+from mtlzoo.tasks import Task
+
+
+class ExtractionNetwork(nn.Module):
+    """One PLE level: task experts, shared experts, task gates and (but the last) a shared gate.
+
+    Experts are laid out as ``[task 0's n_t, ..., task T-1's n_t, the n_s shared]`` (e of them).
+    ``forward(task_in, shared_in, task_ids)``: ``task_in`` (b, t, d) holds each task's input
+    (None at the first level, where everything reads ``shared_in``); ``shared_in`` is (b, d).
+    Returns ``task_out`` (b, t, h), ``shared_out`` (b, h) or None, and the gate weights
+    (b, t [+ 1 shared], e).
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        in_features: int,
+        num_shared_experts: int,
+        num_task_experts: int,
+        expert_dims: Sequence[int],
+        activation: Activation,
+        dropout: float,
+        *,
+        last: bool,
+    ) -> None:
+        super().__init__()
+        self.num_task_experts = num_task_experts
+        task_total = num_tasks * num_task_experts
+        num_experts = task_total + num_shared_experts
+
+        def experts(count: int) -> StackedMLP | None:
+            return StackedMLP(count, in_features, expert_dims, activation, dropout) if count else None
+
+        self.task_experts = experts(task_total)
+        self.shared_experts = experts(num_shared_experts)
+        expert_ids = torch.arange(num_experts)
+        owner = torch.div(expert_ids, max(num_task_experts, 1), rounding_mode="floor")
+        mask = (owner == torch.arange(num_tasks)[:, None]) | (expert_ids >= task_total)
+        self.task_gates = SoftmaxGates(num_tasks, in_features, num_experts, mask)
+        self.shared_gate = None if last else SoftmaxGates(1, in_features, num_experts)
+
+    def forward(
+        self, task_in: Tensor | None, shared_in: Tensor, task_ids: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        outputs = []
+        if self.task_experts is not None:
+            own_input = (
+                shared_in if task_in is None
+                else task_in.repeat_interleave(self.num_task_experts, dim=1)
+            )
+            outputs.append(self.task_experts(own_input))
+        if self.shared_experts is not None:
+            outputs.append(self.shared_experts(shared_in))
+        experts = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+        gate_in = shared_in
+        if task_in is not None:
+            gate_in = task_in if task_ids is None else task_in[:, task_ids]
+        task_out, task_weights = self.task_gates(gate_in, experts, task_ids)
+        if self.shared_gate is None:
+            return task_out, None, task_weights
+        shared_out, shared_weights = self.shared_gate(shared_in, experts)
+        return task_out, shared_out[:, 0], torch.cat([task_weights, shared_weights], dim=1)
+
+
+@register_model("ple")
+class PLE(MultiTaskModel):
+    """Progressive Layered Extraction: ``num_levels`` stacked extraction networks.
+
+    Level 1's experts and gates read x. At level k > 1, task t's experts and gate read task t's
+    output of level k-1; the shared experts and shared gate read the shared output. Task t's
+    gate mixes its own and the shared experts; the shared gate (every level but the last)
+    mixes all experts of its level. The towers read each task's output of the last level.
+    ``gate_weights["level{k}"]`` is (b, t + 1, e) (the shared gate last), (b, t, e) at the
+    last level.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        tasks: Sequence[Task],
+        num_levels: int = 2,
+        num_shared_experts: int = 4,
+        num_task_experts: int = 2,
+        expert_dims: Sequence[int] = (64,),
+        tower_dims: Sequence[int] = (32,),
+        dropout: float = 0.0,
+        activation: Activation = "relu",
+    ) -> None:
+        super().__init__(in_features=in_features, tasks=tasks)
+        num_levels = _checks.positive_int("num_levels", num_levels)
+        num_shared = _checks.non_negative_int("num_shared_experts", num_shared_experts)
+        num_own = _checks.non_negative_int("num_task_experts", num_task_experts)
+        if num_shared + num_own == 0:
+            raise MtlzooError(
+                "a level needs experts: num_shared_experts=0 and num_task_experts=0 leave none"
+            )
+        expert_dims = _checks.layer_dims("expert_dims", expert_dims)
+        width = expert_dims[-1]
+        self.levels = nn.ModuleList(
+            ExtractionNetwork(
+                len(self.tasks), in_features if k == 0 else width, num_shared, num_own,
+                expert_dims, activation, dropout, last=k == num_levels - 1,
+            )
+            for k in range(num_levels)
+        )
+        self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout)
+
+    def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
+        task_in, shared_in, gate_weights = None, x, {}
+        last = len(self.levels) - 1
+        for k, level in enumerate(self.levels):
+            task_in, shared_in, weights = level(task_in, shared_in, task_ids if k == last else None)
+            gate_weights[f"level{k + 1}"] = weights
+        return task_in, gate_weights
+
+
+@register_model("cgc")
+class CGC(PLE):
+    """Customized Gate Control: PLE with a single extraction level (no shared gate).
+
+    ``gate_weights["level1"]`` is (b, t, e).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        tasks: Sequence[Task],
+        num_shared_experts: int = 4,
+        num_task_experts: int = 2,
+        expert_dims: Sequence[int] = (64,),
+        tower_dims: Sequence[int] = (32,),
+        dropout: float = 0.0,
+        activation: Activation = "relu",
+    ) -> None:
+        super().__init__(
+            in_features=in_features, tasks=tasks, num_levels=1,
+            num_shared_experts=num_shared_experts, num_task_experts=num_task_experts,
+            expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout,
+            activation=activation,
+        )
