@@ -45,13 +45,17 @@ class StackedLinear(nn.Module):
         weight, bias = self.weight, self.bias
         if index is not None:
             weight, bias = weight[index], bias[index]
+        groups = len(weight)
         if x.dim() == 2 and x.shape[1] == self.in_features:
-            return torch.einsum("bd,gdo->bgo", x, weight) + bias
-        if x.dim() == 3 and x.shape[1:] == (len(weight), self.in_features):
-            return torch.einsum("bgd,gdo->bgo", x, weight) + bias
+            # 'bd,gdo->bgo' as one (b, d) @ (d, g*o) matmul with the bias fused in
+            flat_weight = weight.permute(1, 0, 2).reshape(self.in_features, -1)
+            return torch.addmm(bias.reshape(-1), x, flat_weight).view(len(x), groups, -1)
+        if x.dim() == 3 and x.shape[1:] == (groups, self.in_features):
+            # 'bgd,gdo->bgo' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
+            return torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1), weight).transpose(0, 1)
         raise MtlzooError(
             f"StackedLinear expects input (batch, {self.in_features}) or "
-            f"(batch, {len(weight)}, {self.in_features}), got {tuple(x.shape)}"
+            f"(batch, {groups}, {self.in_features}), got {tuple(x.shape)}"
         )
 
     def extra_repr(self) -> str:

@@ -1,0 +1,125 @@
+"""Naive loop versions of the batched kernels: ModuleLists looped over in Python.
+
+They compute the same math as ``mtlzoo.layers`` one expert, gate, tower or task at a time,
+the way most MTL code is written. The tests pin every batched kernel to them in float64 and
+the speed benchmarks measure against them. ``loop_version(model)`` copies a model with every
+batched kernel replaced by its loop version (same weights, same outputs).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo.layers import CrossStitchUnit, SoftmaxGates, StackedLinear, StackedMLP
+
+
+def _linear(stacked: StackedLinear, g: int) -> nn.Linear:
+    """Group g of a StackedLinear as an ``nn.Linear`` with copied weights."""
+    linear = nn.Linear(stacked.in_features, stacked.out_features)
+    linear = linear.to(stacked.weight.device, stacked.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(stacked.weight[g].T)
+        linear.bias.copy_(stacked.bias[g])
+    return linear
+
+
+def _group_inputs(x: Tensor, groups: Sequence[int]) -> list[Tensor]:
+    """Each selected group's input: the shared (b, d) input, or its own slice of (b, g, d)."""
+    return [x] * len(groups) if x.dim() == 2 else [x[:, i] for i in range(len(groups))]
+
+
+class LoopLinear(nn.Module):
+    """One ``nn.Linear`` per group, looped over (the reference for ``StackedLinear``)."""
+
+    def __init__(self, stacked: StackedLinear) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList(_linear(stacked, g) for g in range(stacked.groups))
+
+    def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
+        groups = range(len(self.linears)) if index is None else index
+        inputs = _group_inputs(x, groups)
+        return torch.stack([self.linears[g](x_g) for g, x_g in zip(groups, inputs)], dim=1)
+
+
+class LoopMLP(nn.Module):
+    """One ``nn.Sequential`` MLP per group, looped over (the reference for ``StackedMLP``)."""
+
+    def __init__(self, stacked: StackedMLP) -> None:
+        super().__init__()
+        self.mlps = nn.ModuleList()
+        for g in range(stacked.groups):
+            layers = []
+            for layer in stacked.layers:
+                layers += [_linear(layer, g), copy.deepcopy(stacked.activation),
+                           copy.deepcopy(stacked.dropout)]
+            self.mlps.append(nn.Sequential(*layers))
+
+    def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
+        groups = range(len(self.mlps)) if index is None else index
+        inputs = _group_inputs(x, groups)
+        return torch.stack([self.mlps[g](x_g) for g, x_g in zip(groups, inputs)], dim=1)
+
+
+class LoopGates(nn.Module):
+    """One ``nn.Linear`` softmax gate per gate, each mixing the experts with its own bmm."""
+
+    def __init__(self, gates: SoftmaxGates) -> None:
+        super().__init__()
+        self.num_experts = gates.num_experts
+        self.register_buffer("expert_index", gates.expert_index.clone(), persistent=False)
+        self.linears = nn.ModuleList(_linear(gates.logits, g) for g in range(gates.num_gates))
+
+    def forward(
+        self, x: Tensor, experts: Tensor, index: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        groups = range(len(self.linears)) if index is None else index
+        mixed, weights = [], []
+        for g, x_g in zip(groups, _group_inputs(x, groups)):
+            probs = torch.softmax(self.linears[g](x_g), dim=-1)
+            weight = probs.new_zeros(len(probs), self.num_experts)
+            weight = weight.index_copy(1, self.expert_index[g], probs)
+            mixed.append(torch.bmm(weight.unsqueeze(1), experts)[:, 0])
+            weights.append(weight)
+        return torch.stack(mixed, dim=1), torch.stack(weights, dim=1)
+
+
+class LoopCrossStitch(nn.Module):
+    """A cross-stitch unit computed one target column at a time."""
+
+    def __init__(self, unit: CrossStitchUnit) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(unit.alpha.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        columns = range(x.shape[1])
+        return torch.stack(
+            [sum(self.alpha[s, t] * x[:, s] for s in columns) for t in columns], dim=1
+        )
+
+
+_LOOP_VERSIONS: dict[type[nn.Module], type[nn.Module]] = {
+    StackedMLP: LoopMLP,
+    StackedLinear: LoopLinear,
+    SoftmaxGates: LoopGates,
+    CrossStitchUnit: LoopCrossStitch,
+}
+
+
+def loop_version(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every batched kernel replaced by its loop version."""
+    model = copy.deepcopy(model)
+    _replace_kernels(model)
+    return model
+
+
+def _replace_kernels(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        loop_class = _LOOP_VERSIONS.get(type(child))
+        if loop_class is None:
+            _replace_kernels(child)
+        else:
+            setattr(module, name, loop_class(child))
