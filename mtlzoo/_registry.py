@@ -25,6 +25,11 @@ def register_model(name: str, *, aliases: Sequence[str] = ()) -> Callable[[Build
     ... class MyModel(MultiTaskModel): ...
     """
 
+    if not isinstance(name, str) or not name:
+        raise MtlzooError(f"a model name must be a non-empty string, got {name!r}")
+    if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
+        raise MtlzooError(f"aliases must be a sequence of names, got {aliases!r}")
+
     def decorator(builder: Builder) -> Builder:
         for taken in (name, *aliases):
             if taken in _MODELS or taken in _ALIASES:
@@ -43,6 +48,8 @@ def list_models() -> list[str]:
 
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
     """The class or function registered under ``name`` or one of its aliases."""
+    if not isinstance(name, str):
+        raise MtlzooError(f"a model name must be a string, got {name!r}")
     canonical = _ALIASES.get(name, name)
     if canonical not in _MODELS:
         raise MtlzooError(

@@ -42,7 +42,8 @@ class LoopLinear(nn.Module):
     def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
         groups = range(len(self.linears)) if index is None else index
         inputs = _group_inputs(x, groups)
-        return torch.stack([self.linears[g](x_g) for g, x_g in zip(groups, inputs)], dim=1)
+        outputs = [self.linears[g](x_g) for g, x_g in zip(groups, inputs, strict=True)]
+        return torch.stack(outputs, dim=1)
 
 
 class LoopMLP(nn.Module):
@@ -61,7 +62,8 @@ class LoopMLP(nn.Module):
     def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
         groups = range(len(self.mlps)) if index is None else index
         inputs = _group_inputs(x, groups)
-        return torch.stack([self.mlps[g](x_g) for g, x_g in zip(groups, inputs)], dim=1)
+        outputs = [self.mlps[g](x_g) for g, x_g in zip(groups, inputs, strict=True)]
+        return torch.stack(outputs, dim=1)
 
 
 class LoopGates(nn.Module):
@@ -78,7 +80,7 @@ class LoopGates(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         groups = range(len(self.linears)) if index is None else index
         mixed, weights = [], []
-        for g, x_g in zip(groups, _group_inputs(x, groups)):
+        for g, x_g in zip(groups, _group_inputs(x, groups), strict=True):
             probs = torch.softmax(self.linears[g](x_g), dim=-1)
             weight = probs.new_zeros(len(probs), self.num_experts)
             weight = weight.index_copy(1, self.expert_index[g], probs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from torch import nn
@@ -19,11 +20,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "identity": nn.Identity,
 }
 
-Activation = str | Callable[[], nn.Module]
+Activation = str | nn.Module | Callable[[], nn.Module]
 
 
 def make_activation(activation: Activation) -> nn.Module:
-    """A fresh activation module from a name in ``ACTIVATIONS`` or a module factory (``nn.GELU``)."""
+    """A new activation module from a name in ``ACTIVATIONS``, a module (copied), or a factory
+    such as ``nn.GELU``."""
     if isinstance(activation, str):
         if activation not in ACTIVATIONS:
             raise MtlzooError(
@@ -31,7 +33,12 @@ def make_activation(activation: Activation) -> nn.Module:
                 f"Known: {', '.join(ACTIVATIONS)}"
             )
         return ACTIVATIONS[activation]()
-    module = activation() if callable(activation) else None
+    if isinstance(activation, nn.Module):
+        return copy.deepcopy(activation)
+    try:
+        module = activation()
+    except TypeError:
+        module = None
     if not isinstance(module, nn.Module):
         raise MtlzooError(
             f"activation must be a name or a callable returning an nn.Module, got {activation!r}"

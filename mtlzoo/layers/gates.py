@@ -45,7 +45,14 @@ class SoftmaxGates(nn.Module):
         self.register_buffer("expert_index", expert_index.contiguous(), persistent=False)
         self.logits = StackedLinear(num_gates, in_features, expert_index.shape[1])
 
-    def forward(self, x: Tensor, experts: Tensor, index: GroupIndex = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, experts: Tensor, index: GroupIndex = None
+    ) -> tuple[Tensor, Tensor]:
+        if experts.dim() != 3 or experts.shape[1] != self.num_experts:
+            raise MtlzooError(
+                f"experts must have shape (batch, {self.num_experts}, width), "
+                f"got {tuple(experts.shape)}"
+            )
         weights = torch.softmax(self.logits(x, index), dim=-1)
         if self.restricted:
             expert_index = self.expert_index if index is None else self.expert_index[index]
@@ -56,10 +63,17 @@ class SoftmaxGates(nn.Module):
 
 def _mask_to_index(mask: Tensor, num_gates: int, num_experts: int) -> Tensor:
     """The (g, a) ids of the experts each gate may use, from a (g, e) boolean mask."""
-    if mask.dtype != torch.bool or tuple(mask.shape) != (num_gates, num_experts):
+    if (
+        not isinstance(mask, torch.Tensor)
+        or mask.dtype != torch.bool
+        or tuple(mask.shape) != (num_gates, num_experts)
+    ):
+        got = (
+            f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor)
+            else f"a {type(mask).__name__}"
+        )
         raise MtlzooError(
-            f"mask must be a bool tensor of shape ({num_gates}, {num_experts}), "
-            f"got {mask.dtype} {tuple(mask.shape)}"
+            f"mask must be a bool tensor of shape ({num_gates}, {num_experts}), got {got}"
         )
     counts = mask.sum(dim=1)
     if counts.min() < 1 or counts.min() != counts.max():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +50,8 @@ class StackedLinear(nn.Module):
         if x.dim() == 2 and x.shape[1] == self.in_features:
             # 'bd,gdo->bgo' as one (b, d) @ (d, g*o) matmul with the bias fused in
             flat_weight = weight.permute(1, 0, 2).reshape(self.in_features, -1)
-            return torch.addmm(bias.reshape(-1), x, flat_weight).view(len(x), groups, -1)
+            out = torch.addmm(bias.reshape(-1), x, flat_weight)
+            return out.view(len(x), groups, self.out_features)
         if x.dim() == 3 and x.shape[1:] == (groups, self.in_features):
             # 'bgd,gdo->bgo' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
             return torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1), weight).transpose(0, 1)
@@ -82,7 +84,7 @@ class StackedMLP(nn.Module):
         self.groups = groups
         self.out_features = widths[-1]
         self.layers = nn.ModuleList(
-            StackedLinear(groups, n_in, n_out) for n_in, n_out in zip(widths, widths[1:])
+            StackedLinear(groups, n_in, n_out) for n_in, n_out in pairwise(widths)
         )
         self.activation = make_activation(activation)
         p = _checks.probability("dropout", dropout)

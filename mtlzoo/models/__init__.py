@@ -8,11 +8,11 @@ from mtlzoo.models.shared_bottom import SharedBottom
 
 __all__ = [
     "CGC",
-    "MMoE",
-    "OMoE",
     "PLE",
     "CrossStitch",
+    "MMoE",
     "ModelOutput",
     "MultiTaskModel",
+    "OMoE",
     "SharedBottom",
 ]

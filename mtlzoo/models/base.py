@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from mtlzoo import _checks
@@ -64,11 +63,19 @@ class MultiTaskModel(nn.Module):
             raise MtlzooError(
                 f"input must have shape (batch, {self.in_features}), got {tuple(x.shape)}"
             )
-        if not torch.is_floating_point(x):
-            raise MtlzooError(f"input must be a floating-point tensor, got {x.dtype}")
+        expected = next(self.parameters())
+        if x.dtype != expected.dtype or x.device != expected.device:
+            raise MtlzooError(
+                f"input is {x.dtype} on {x.device} but the model is {expected.dtype} on "
+                f"{expected.device}; convert one of them (x.to(...) or model.to(...))"
+            )
 
     def _task_ids(self, tasks: str | Sequence[str]) -> list[int]:
-        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        if not isinstance(tasks, Sequence):
+            raise MtlzooError(f"tasks= must be a task name or a list of names, got {tasks!r}")
+        names = list(tasks)
         if not names:
             raise MtlzooError("tasks= must name at least one task, got an empty list")
         for name in names:

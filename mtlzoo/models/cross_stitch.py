@@ -6,6 +6,7 @@ Misra, Shrivastava, Gupta, Hebert, "Cross-stitch Networks for Multi-task Learnin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from torch import Tensor, nn
 
@@ -40,13 +41,13 @@ class CrossStitch(MultiTaskModel):
         num_tasks = len(self.tasks)
         self.layers = nn.ModuleList(
             StackedMLP(num_tasks, n_in, (n_out,), activation, dropout)
-            for n_in, n_out in zip(widths, widths[1:])
+            for n_in, n_out in pairwise(widths)
         )
         self.stitches = nn.ModuleList(CrossStitchUnit(num_tasks) for _ in widths[1:])
         self.heads = TaskHeads(self.tasks, widths[-1], tower_dims, activation, dropout)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
         h = x
-        for layer, stitch in zip(self.layers, self.stitches):
+        for layer, stitch in zip(self.layers, self.stitches, strict=True):
             h = stitch(layer(h))
         return (h if task_ids is None else h[:, task_ids]), {}

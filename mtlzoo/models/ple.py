@@ -48,7 +48,9 @@ class ExtractionNetwork(nn.Module):
         num_experts = task_total + num_shared_experts
 
         def experts(count: int) -> StackedMLP | None:
-            return StackedMLP(count, in_features, expert_dims, activation, dropout) if count else None
+            if not count:
+                return None
+            return StackedMLP(count, in_features, expert_dims, activation, dropout)
 
         self.task_experts = experts(task_total)
         self.shared_experts = experts(num_shared_experts)

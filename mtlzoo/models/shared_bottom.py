@@ -37,7 +37,7 @@ class SharedBottom(MultiTaskModel):
         super().__init__(in_features=in_features, tasks=tasks)
         bottom_dims = _checks.layer_dims("bottom_dims", bottom_dims)
         self.bottom = StackedMLP(1, in_features, bottom_dims, activation, dropout)
-        self.heads = TaskHeads(self.tasks, self.bottom.out_features, tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, bottom_dims[-1], tower_dims, activation, dropout)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
         shared = self.bottom(x)  # (b, 1, h)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a mixed set of tasks and small model options for every architecture."""
+
+from __future__ import annotations
+
+import pytest
+
+import mtlzoo
+
+IN_FEATURES = 12
+
+# small but non-trivial settings: two-layer experts and towers, several levels
+SMALL_OPTIONS = {
+    "shared_bottom": {"bottom_dims": (10, 8)},
+    "cross_stitch": {"column_dims": (10, 8)},
+    "mmoe": {"num_experts": 5, "expert_dims": (10, 8)},
+    "omoe": {"num_experts": 5, "expert_dims": (10, 8)},
+    "cgc": {"num_shared_experts": 2, "num_task_experts": 2, "expert_dims": (10, 8)},
+    "ple": {
+        "num_levels": 3, "num_shared_experts": 2, "num_task_experts": 2, "expert_dims": (10, 8)
+    },
+}
+
+
+def mixed_tasks() -> list[mtlzoo.Task]:
+    return [
+        mtlzoo.Task("income", kind="binary"),
+        mtlzoo.Task("topic", kind="multiclass", num_classes=4),
+        mtlzoo.Task("score", kind="regression"),
+    ]
+
+
+def build(name: str, tasks: list[mtlzoo.Task] | None = None, **overrides) -> mtlzoo.MultiTaskModel:
+    """A small model of the named architecture (unregistered options default to the model's)."""
+    options = {"tower_dims": (16, 8), **SMALL_OPTIONS.get(name, {}), **overrides}
+    return mtlzoo.create_model(
+        name, in_features=IN_FEATURES, tasks=tasks or mixed_tasks(), **options
+    )
+
+
+@pytest.fixture(params=mtlzoo.list_models())
+def model_name(request) -> str:
+    return request.param
