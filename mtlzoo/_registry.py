@@ -74,7 +74,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
                     f"Its arguments: {', '.join(accepted)}"
                 )
     missing = [
-        p.name for p in accepted.values() if p.default is p.empty and p.kind is p.KEYWORD_ONLY
+        p.name for p in accepted.values()
+        if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         and p.name not in kwargs
     ]
     if missing:

@@ -19,11 +19,13 @@ from mtlzoo.layers import CrossStitchUnit, SoftmaxGates, StackedLinear, StackedM
 
 def _linear(stacked: StackedLinear, g: int) -> nn.Linear:
     """Group g of a StackedLinear as an ``nn.Linear`` with copied weights."""
-    linear = nn.Linear(stacked.in_features, stacked.out_features)
+    has_bias = stacked.bias is not None
+    linear = nn.Linear(stacked.in_features, stacked.out_features, bias=has_bias)
     linear = linear.to(stacked.weight.device, stacked.weight.dtype)
     with torch.no_grad():
         linear.weight.copy_(stacked.weight[g].T)
-        linear.bias.copy_(stacked.bias[g])
+        if has_bias:
+            linear.bias.copy_(stacked.bias[g])
     return linear
 
 
@@ -55,8 +57,7 @@ class LoopMLP(nn.Module):
         for g in range(stacked.groups):
             layers = []
             for layer in stacked.layers:
-                layers += [_linear(layer, g), copy.deepcopy(stacked.activation),
-                           copy.deepcopy(stacked.dropout)]
+                layers += [_linear(layer, g), stacked.activation, stacked.dropout]
             self.mlps.append(nn.Sequential(*layers))
 
     def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:

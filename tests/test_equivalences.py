@@ -70,7 +70,7 @@ def test_omoe_equals_mmoe_whose_gates_are_all_the_same():
     omoe = create("omoe", num_experts=5)
     mmoe = create("mmoe", num_experts=5)
     state = omoe.state_dict()
-    for key in ("gates.logits.weight", "gates.logits.bias"):
+    for key in [key for key in state if key.startswith("gates.")]:
         state[key] = state[key].expand(len(mixed_tasks()), *state[key].shape[1:]).clone()
     mmoe.load_state_dict(state)
     assert_same_outputs(omoe, mmoe, torch.randn(8, IN_FEATURES))
@@ -116,9 +116,10 @@ def naive_ple(model: mtlzoo.MultiTaskModel, x: torch.Tensor, n_shared: int, n_ow
         return inp
 
     def gate(gates, g, inp):
-        return torch.softmax(inp @ gates.logits.weight[g] + gates.logits.bias[g], dim=-1)
+        return torch.softmax(inp @ gates.logits.weight[g], dim=-1)  # gates: softmax(x W_g)
 
     task_in, shared_in = [x] * num_tasks, x  # level 1: everything reads x
+    last = len(model.levels) - 1
     for k, level in enumerate(model.levels):
         own = [[expert(level.task_experts, t * n_own + j, task_in[t]) for j in range(n_own)]
                for t in range(num_tasks)]
@@ -128,18 +129,18 @@ def naive_ple(model: mtlzoo.MultiTaskModel, x: torch.Tensor, n_shared: int, n_ow
             candidates = own[t] + shared
             weights = gate(level.task_gates, t, task_in[t])
             task_out.append(sum(weights[:, i, None] * e for i, e in enumerate(candidates)))
-        if k < len(model.levels) - 1:  # the shared gate mixes all experts of its level
+        if k < last and n_shared:  # the shared gate mixes all experts of its level
             everything = [e for experts in own for e in experts] + shared
             weights = gate(level.shared_gate, 0, shared_in)
             shared_in = sum(weights[:, i, None] * e for i, e in enumerate(everything))
-        else:
-            assert level.shared_gate is None  # the last level has none
+        else:  # none at the last level, nor where no shared expert would read its output
+            assert level.shared_gate is None
         task_in = task_out
     return model.heads(torch.stack(task_in, dim=1))
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3])
-@pytest.mark.parametrize(("n_shared", "n_own"), [(2, 1), (1, 3)])
+@pytest.mark.parametrize(("n_shared", "n_own"), [(2, 1), (1, 3), (0, 2), (3, 0)])
 def test_ple_follows_its_contract(levels, n_shared, n_own):
     model = create(
         "ple", num_levels=levels, num_shared_experts=n_shared, num_task_experts=n_own,
@@ -152,5 +153,14 @@ def test_ple_follows_its_contract(levels, n_shared, n_own):
         torch.testing.assert_close(logits, expected[name], rtol=0, atol=ATOL)
     num_experts = len(mixed_tasks()) * n_own + n_shared
     for k in range(1, levels + 1):
-        gates = len(mixed_tasks()) + (k < levels)
+        gates = len(mixed_tasks()) + (k < levels and n_shared > 0)
         assert out.gate_weights[f"level{k}"].shape == (7, gates, num_experts)
+
+
+@pytest.mark.parametrize(("n_shared", "n_own"), [(0, 2), (3, 0)])
+def test_ple_without_shared_or_task_experts_trains_every_parameter(n_shared, n_own):
+    model = create("ple", num_levels=3, num_shared_experts=n_shared, num_task_experts=n_own)
+    out = model(torch.randn(16, IN_FEATURES))
+    sum(logits.pow(2).sum() for logits in out.logits.values()).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name

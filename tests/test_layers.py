@@ -60,11 +60,13 @@ def stacked_grads(module) -> list[torch.Tensor]:
         return torch.zeros_like(param) if param.grad is None else param.grad
 
     def from_linears(linears):
-        return [torch.stack([grad(lin.weight).T for lin in linears]),
-                torch.stack([grad(lin.bias) for lin in linears])]
+        grads = [torch.stack([grad(lin.weight).T for lin in linears])]
+        if linears[0].bias is not None:
+            grads.append(torch.stack([grad(lin.bias) for lin in linears]))
+        return grads
 
     if isinstance(module, StackedLinear):
-        return [grad(module.weight), grad(module.bias)]
+        return [grad(p) for p in (module.weight, module.bias) if p is not None]
     if isinstance(module, LoopLinear):
         return from_linears(module.linears)
     if isinstance(module, StackedMLP):
@@ -91,10 +93,11 @@ def stacked_grads(module) -> list[torch.Tensor]:
     d=st.integers(1, 7),
     o=st.integers(1, 7),
     per_group=st.booleans(),
+    bias=st.booleans(),
 )
-def test_stacked_linear_matches_loop(batch, groups, d, o, per_group):
+def test_stacked_linear_matches_loop(batch, groups, d, o, per_group, bias):
     torch.set_default_dtype(torch.float64)
-    layer = StackedLinear(groups, d, o)
+    layer = StackedLinear(groups, d, o, bias=bias)
     x = torch.randn(batch, groups, d) if per_group else torch.randn(batch, d)
     assert_same_values_and_grads(layer, LoopLinear(layer), [x])
 
@@ -169,8 +172,9 @@ MASK = torch.tensor(
 @pytest.mark.parametrize("mask", [None, MASK], ids=["all", "masked"])
 @pytest.mark.parametrize("per_gate", [False, True])
 @pytest.mark.parametrize("index", [None, [2, 0]])
-def test_gates_match_loop(mask, per_gate, index):
-    gates = SoftmaxGates(3, 4, 5, mask)
+@pytest.mark.parametrize("bias", [False, True])
+def test_gates_match_loop(mask, per_gate, index, bias):
+    gates = SoftmaxGates(3, 4, 5, mask, bias=bias)
     gate_count = 3 if index is None else len(index)
     x = torch.randn(6, gate_count, 4) if per_gate else torch.randn(6, 4)
     experts = torch.randn(6, 5, 7)
@@ -186,13 +190,14 @@ def test_masked_gates_equal_a_softmax_over_masked_logits():
     full_logits = torch.full((6, 3, 5), -math.inf)
     for g in range(3):
         allowed = MASK[g].nonzero()[:, 0]
-        full_logits[:, g, allowed] = x @ gates.logits.weight[g] + gates.logits.bias[g]
+        full_logits[:, g, allowed] = x @ gates.logits.weight[g]  # softmax(x W_g): no bias
     expected = torch.softmax(full_logits, dim=-1)
     torch.testing.assert_close(weights, expected, atol=TOL, rtol=0)
     assert torch.all(weights[:, ~MASK] == 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(6, 3), atol=TOL, rtol=0)
     torch.testing.assert_close(mixed, torch.einsum("bge,beh->bgh", expected, experts))
     assert gates.logits.weight.shape == (3, 4, 3)  # no parameter for a masked expert
+    assert gates.logits.bias is None
 
 
 # --- CrossStitchUnit -----------------------------------------------------------------------

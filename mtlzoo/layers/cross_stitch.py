@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlzoo import _checks
+from mtlzoo.errors import MtlzooError
 
 
 class CrossStitchUnit(nn.Module):
@@ -21,6 +22,10 @@ class CrossStitchUnit(nn.Module):
     def __init__(self, num_columns: int, self_weight: float = 0.9) -> None:
         super().__init__()
         self.num_columns = _checks.positive_int("num_columns", num_columns)
+        if isinstance(self_weight, bool) or not isinstance(self_weight, (int, float)) or not (
+            0 <= self_weight <= 1
+        ):
+            raise MtlzooError(f"self_weight must be a number in [0, 1], got {self_weight!r}")
         if num_columns == 1:
             alpha = torch.ones(1, 1)
         else:

@@ -21,6 +21,9 @@ def mix_experts(weights: Tensor, experts: Tensor) -> Tensor:
 class SoftmaxGates(nn.Module):
     """G linear softmax gates over E experts, and the mixtures they weight.
 
+    Gate g's weights are ``softmax(x W_g)``, as in the MMoE and PLE papers (``bias=True``
+    adds a bias to the logits).
+
     ``mask`` (g, e), optional: gate g may only use the experts where it is True. Every row must
     allow the same number ``a`` of experts; logits are computed only for those (weight
     (g, d, a), so no parameter belongs to a masked expert) and scattered into (b, g, e),
@@ -32,7 +35,12 @@ class SoftmaxGates(nn.Module):
     """
 
     def __init__(
-        self, num_gates: int, in_features: int, num_experts: int, mask: Tensor | None = None
+        self,
+        num_gates: int,
+        in_features: int,
+        num_experts: int,
+        mask: Tensor | None = None,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.num_gates = _checks.positive_int("num_gates", num_gates)
@@ -43,7 +51,7 @@ class SoftmaxGates(nn.Module):
             expert_index = _mask_to_index(mask, num_gates, num_experts)
         self.restricted = expert_index.shape[1] < num_experts
         self.register_buffer("expert_index", expert_index.contiguous(), persistent=False)
-        self.logits = StackedLinear(num_gates, in_features, expert_index.shape[1])
+        self.logits = StackedLinear(num_gates, in_features, expert_index.shape[1], bias=bias)
 
     def forward(
         self, x: Tensor, experts: Tensor, index: GroupIndex = None

@@ -28,33 +28,41 @@ class StackedLinear(nn.Module):
     Each slice is initialised like ``nn.Linear(d, o)``: U(-1/sqrt(d), 1/sqrt(d)).
     """
 
-    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+    def __init__(self, groups: int, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.groups = _checks.positive_int("groups", groups)
         self.in_features = _checks.positive_int("in_features", in_features)
         self.out_features = _checks.positive_int("out_features", out_features)
         self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(groups, out_features))
+        self.bias = nn.Parameter(torch.empty(groups, out_features)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.in_features)  # nn.Linear's fan-in is d, not d * o
         nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
         weight, bias = self.weight, self.bias
         if index is not None:
-            weight, bias = weight[index], bias[index]
+            weight = weight[index]
+            bias = None if bias is None else bias[index]
         groups = len(weight)
         if x.dim() == 2 and x.shape[1] == self.in_features:
-            # 'bd,gdo->bgo' as one (b, d) @ (d, g*o) matmul with the bias fused in
+            # 'bd,gdo->bgo' as one (b, d) @ (d, g*o) matmul. A bias rides along as the weight's
+            # last row, read by a column of ones: no pass adds it or sums its gradient.
             flat_weight = weight.permute(1, 0, 2).reshape(self.in_features, -1)
-            out = torch.addmm(bias.reshape(-1), x, flat_weight)
-            return out.view(len(x), groups, self.out_features)
+            if bias is not None:
+                flat_weight = torch.cat([flat_weight, bias.reshape(1, -1)])
+                x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
+            return x.mm(flat_weight).view(len(x), groups, self.out_features)
         if x.dim() == 3 and x.shape[1:] == (groups, self.in_features):
             # 'bgd,gdo->bgo' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
-            return torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1), weight).transpose(0, 1)
+            by_group = x.transpose(0, 1)
+            if bias is None:
+                return torch.bmm(by_group, weight).transpose(0, 1)
+            return torch.baddbmm(bias.unsqueeze(1), by_group, weight).transpose(0, 1)
         raise MtlzooError(
             f"StackedLinear expects input (batch, {self.in_features}) or "
             f"(batch, {groups}, {self.in_features}), got {tuple(x.shape)}"
@@ -69,6 +77,7 @@ class StackedMLP(nn.Module):
 
     The first layer reads (b, d) shared by every group or (b, g, d), one input per group;
     the output is (b, g, dims[-1]). With no layers the input is returned unchanged.
+    One activation module serves every layer and group (a learnable one is shared).
     """
 
     def __init__(

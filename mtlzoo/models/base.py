@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from mtlzoo import _checks
@@ -64,7 +65,10 @@ class MultiTaskModel(nn.Module):
                 f"input must have shape (batch, {self.in_features}), got {tuple(x.shape)}"
             )
         expected = next(self.parameters())
-        if x.dtype != expected.dtype or x.device != expected.device:
+        if not x.is_floating_point():
+            raise MtlzooError(f"input must be a floating-point tensor, got {x.dtype}")
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if (x.dtype != expected.dtype and not autocast) or x.device != expected.device:
             raise MtlzooError(
                 f"input is {x.dtype} on {x.device} but the model is {expected.dtype} on "
                 f"{expected.device}; convert one of them (x.to(...) or model.to(...))"

@@ -21,7 +21,8 @@ from mtlzoo.tasks import Task
 
 
 class ExtractionNetwork(nn.Module):
-    """One PLE level: task experts, shared experts, task gates and (but the last) a shared gate.
+    """One PLE level: task experts, shared experts, task gates and a shared gate (not at the
+    last level, nor without shared experts, where nothing would read its output).
 
     Experts are laid out as ``[task 0's n_t, ..., task T-1's n_t, the n_s shared]`` (e of them).
     ``forward(task_in, shared_in, task_ids)``: ``task_in`` (b, t, d) holds each task's input
@@ -58,7 +59,9 @@ class ExtractionNetwork(nn.Module):
         owner = torch.div(expert_ids, max(num_task_experts, 1), rounding_mode="floor")
         mask = (owner == torch.arange(num_tasks)[:, None]) | (expert_ids >= task_total)
         self.task_gates = SoftmaxGates(num_tasks, in_features, num_experts, mask)
-        self.shared_gate = None if last else SoftmaxGates(1, in_features, num_experts)
+        # the shared output feeds the next level's shared experts: none there, no shared gate
+        has_next_shared = not last and num_shared_experts > 0
+        self.shared_gate = SoftmaxGates(1, in_features, num_experts) if has_next_shared else None
 
     def forward(
         self, task_in: Tensor | None, shared_in: Tensor, task_ids: Sequence[int] | None = None
@@ -93,7 +96,7 @@ class PLE(MultiTaskModel):
     gate mixes its own and the shared experts; the shared gate (every level but the last)
     mixes all experts of its level. The towers read each task's output of the last level.
     ``gate_weights["level{k}"]`` is (b, t + 1, e) (the shared gate last), (b, t, e) at the
-    last level.
+    last level (and at every level when ``num_shared_experts=0``: no shared path then).
     """
 
     def __init__(

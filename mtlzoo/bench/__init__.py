@@ -1,0 +1,1 @@
+"""Benchmarks: ``mtlzoo.bench.speed`` times models against their loop versions."""

@@ -1,0 +1,181 @@
+"""Speed of a training step, measured as ratios within one run.
+
+Ours vs the loop version of the same model (``mtlzoo.reference.loop_version``), timed
+interleaved so that drift in the machine's speed touches both alike; and the FLOP/s our step
+achieves as a fraction of a large fp32 matmul timed in the same run.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import mtlzoo
+from mtlzoo.reference import loop_version
+
+
+def train_step(model: nn.Module, x: Tensor) -> None:
+    """Forward, a loss touching every output, backward; gradients are then dropped.
+
+    On a GPU the step waits for the device, so that wall time is the step's time.
+    """
+    out = model(x)
+    loss = sum(logits.float().mean() for logits in out.logits.values()) + out.aux_loss
+    loss.backward()
+    for param in model.parameters():
+        param.grad = None
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def median_seconds(
+    steps: dict[str, Callable[[], None]], repeats: int = 20, warmup: int = 3
+) -> dict[str, float]:
+    """Median wall time of each step, the steps called in turn within every round."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def step_flops(model: nn.Module, x: Tensor) -> int:
+    """Matmul FLOPs of one forward + backward, as counted by torch's FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, x)
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    """FLOP/s of a ``size x size`` fp32 matmul on this device, now."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+
+    def matmul() -> None:
+        a @ b
+        if a.is_cuda:
+            torch.cuda.synchronize(a.device)
+
+    seconds = median_seconds({"mm": matmul}, repeats=repeats)["mm"]
+    return 2 * size**3 / seconds
+
+
+def compare_with_loop(
+    models: Iterable[tuple[dict, nn.Module]],
+    batch_size: int = 1024,
+    repeats: int = 20,
+    progress: Callable[[str], None] | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """One row per (description, model): parameters, ours and loop ms, speed-up, FLOP/s.
+
+    The matmul reference is timed once before and once after; its mean is the yardstick.
+    """
+    peak_before = matmul_flops_per_second(device=device)
+    rows = []
+    for description, model in models:
+        model = model.to(device)
+        x = torch.randn(batch_size, model.in_features, device=device)
+        loop = loop_version(model)
+        seconds = median_seconds(
+            {"ours": lambda m=model, x=x: train_step(m, x),
+             "loop": lambda m=loop, x=x: train_step(m, x)},
+            repeats=repeats,
+        )
+        flops = step_flops(model, x)
+        rows.append({
+            **description,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "ours_ms": 1e3 * seconds["ours"],
+            "loop_ms": 1e3 * seconds["loop"],
+            "speedup": seconds["loop"] / seconds["ours"],
+            "gflop_per_step": flops / 1e9,
+            "ours_gflops": flops / seconds["ours"] / 1e9,
+        })
+        if progress:
+            progress(f"{description}: {rows[-1]['speedup']:.2f}x")
+    peak = (peak_before + matmul_flops_per_second(device=device)) / 2
+    table = pd.DataFrame(rows)
+    table["matmul_gflops"] = peak / 1e9
+    table["fraction_of_matmul"] = table["ours_gflops"] * 1e9 / peak
+    return table
+
+
+def machine_stamp(device: str = "cpu") -> str:
+    """Date, torch version, threads and processor (or GPU), for the head of a results file."""
+    where = (
+        torch.cuda.get_device_name(device) if device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} | {where} | "
+        f"Python {platform.python_version()}"
+    )
+
+
+def registered_models(
+    in_features: int = 128, tasks: list[mtlzoo.Task] | None = None
+) -> list[tuple[dict, nn.Module]]:
+    """Every registered architecture with its default options, for the demo table."""
+    tasks = tasks or [
+        mtlzoo.Task("click", kind="binary"),
+        mtlzoo.Task("topic", kind="multiclass", num_classes=4),
+        mtlzoo.Task("dwell", kind="regression"),
+    ]
+    torch.manual_seed(0)
+    return [
+        ({"model": name}, mtlzoo.create_model(name, in_features=in_features, tasks=tasks))
+        for name in mtlzoo.list_models()
+    ]
+
+
+def expert_grid(
+    experts: Iterable[int] = (8, 64),
+    tasks: Iterable[int] = (2, 8),
+    in_features: int = 128,
+    expert_width: int = 64,
+) -> list[tuple[dict, nn.Module]]:
+    """MMoE and PLE at each (E, T). PLE splits E per level: n_t = max(1, E // 2T) experts per
+    task and n_s = E - T * n_t shared (at least 1), so a level holds about E experts."""
+    models = []
+    torch.manual_seed(0)
+    for num_experts in experts:
+        for num_tasks in tasks:
+            task_list = [mtlzoo.Task(f"task{t}") for t in range(num_tasks)]
+            own = max(1, num_experts // (2 * num_tasks))
+            shared = max(1, num_experts - num_tasks * own)
+            options = {
+                "mmoe": {"num_experts": num_experts},
+                "ple": {"num_task_experts": own, "num_shared_experts": shared},
+            }
+            for name, extra in options.items():
+                model = mtlzoo.create_model(
+                    name, in_features=in_features, tasks=task_list,
+                    expert_dims=(expert_width,), tower_dims=(32,), **extra,
+                )
+                total = num_experts if name == "mmoe" else num_tasks * own + shared
+                models.append(({"model": name, "E": total, "T": num_tasks}, model))
+    return models
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub-flavoured Markdown table (pandas' own needs the optional tabulate)."""
+
+    def cell(value: object) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join(lines)
