@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtlzoo import _registry
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -16,6 +18,9 @@ BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_examples_run(page, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
+    # an example may register a model: keep it out of the registry the other tests see
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+    monkeypatch.setattr(_registry, "_ALIASES", dict(_registry._ALIASES))
     blocks = BLOCK.findall(page.read_text())
     namespace: dict = {}
     previous = torch.get_default_dtype()
