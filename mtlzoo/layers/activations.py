@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
 from mtlzoo.errors import MtlzooError, suggest
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
+# in place where torch allows it: the kernels apply activations to fresh matmul results only
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": partial(nn.ReLU, inplace=True),
+    "leaky_relu": partial(nn.LeakyReLU, inplace=True),
+    "elu": partial(nn.ELU, inplace=True),
     "gelu": nn.GELU,
-    "silu": nn.SiLU,
+    "silu": partial(nn.SiLU, inplace=True),
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "identity": nn.Identity,

@@ -6,7 +6,7 @@ Axes: b batch, g group (experts or tasks), d input features, o output features.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
@@ -19,12 +19,18 @@ from mtlzoo.layers.activations import Activation, make_activation
 GroupIndex = Sequence[int] | None
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 class StackedLinear(nn.Module):
     """G linear maps ``d -> o`` computed in one einsum.
 
     ``x`` of shape (b, d) is read by every group: ``'bd,gdo->bgo'``.
     ``x`` of shape (b, g, d) gives group g its own input ``x[:, g]``: ``'bgd,gdo->bgo'``.
-    ``index`` (group ids) computes only those groups, in that order.
+    ``index`` (group ids) computes only those groups, in that order. ``activation``, when
+    given, is applied to the fresh matmul result before it is viewed as (b, g, o), so an
+    in-place one (``nn.ReLU(inplace=True)``) needs no new tensor and no autograd view copy.
     Each slice is initialised like ``nn.Linear(d, o)``: U(-1/sqrt(d), 1/sqrt(d)).
     """
 
@@ -43,7 +49,12 @@ class StackedLinear(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        index: GroupIndex = None,
+        activation: Callable[[Tensor], Tensor] = _identity,
+    ) -> Tensor:
         weight, bias = self.weight, self.bias
         if index is not None:
             weight = weight[index]
@@ -56,13 +67,15 @@ class StackedLinear(nn.Module):
             if bias is not None:
                 flat_weight = torch.cat([flat_weight, bias.reshape(1, -1)])
                 x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
-            return x.mm(flat_weight).view(len(x), groups, self.out_features)
+            return activation(x.mm(flat_weight)).view(len(x), groups, self.out_features)
         if x.dim() == 3 and x.shape[1:] == (groups, self.in_features):
             # 'bgd,gdo->bgo' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
             by_group = x.transpose(0, 1)
             if bias is None:
-                return torch.bmm(by_group, weight).transpose(0, 1)
-            return torch.baddbmm(bias.unsqueeze(1), by_group, weight).transpose(0, 1)
+                out = torch.bmm(by_group, weight)
+            else:
+                out = torch.baddbmm(bias.unsqueeze(1), by_group, weight)
+            return activation(out).transpose(0, 1)
         raise MtlzooError(
             f"StackedLinear expects input (batch, {self.in_features}) or "
             f"(batch, {groups}, {self.in_features}), got {tuple(x.shape)}"
@@ -101,5 +114,5 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
         for layer in self.layers:
-            x = self.dropout(self.activation(layer(x, index)))
+            x = self.dropout(layer(x, index, self.activation))
         return x
