@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import mtlzoo
 from mtlzoo.layers import (
+    ACTIVATIONS,
     CrossStitchUnit,
     SoftmaxGates,
     StackedLinear,
@@ -135,6 +136,21 @@ def test_stacked_mlp_matches_loop(dims, activation, per_group):
     mlp = StackedMLP(3, 4, dims, activation)
     x = torch.randn(6, 3, 4) if per_group else torch.randn(6, 4)
     assert_same_values_and_grads(mlp, LoopMLP(mlp), [x])
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("per_group", [False, True])
+def test_in_place_activations_keep_gradients_exact(activation, per_group):
+    """Activations run in place on fresh matmul results: gradcheck against finite differences."""
+    mlp = StackedMLP(2, 3, (4, 3), activation)
+    x = torch.randn(5, 2, 3) if per_group else torch.randn(5, 3)
+    names = [name for name, _ in mlp.named_parameters()]
+
+    def output(*params):
+        return torch.func.functional_call(mlp, dict(zip(names, params, strict=True)), (x,))
+
+    params = tuple(p.detach().clone().requires_grad_() for p in mlp.parameters())
+    assert torch.autograd.gradcheck(output, params)
 
 
 def test_stacked_mlp_with_no_layers_is_identity():
