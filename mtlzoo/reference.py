@@ -9,7 +9,7 @@ batched kernel replaced by its loop version (same weights, same outputs).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,37 +34,39 @@ def _group_inputs(x: Tensor, groups: Sequence[int]) -> list[Tensor]:
     return [x] * len(groups) if x.dim() == 2 else [x[:, i] for i in range(len(groups))]
 
 
-class LoopLinear(nn.Module):
-    """One ``nn.Linear`` per group, looped over (the reference for ``StackedLinear``)."""
+class LoopGroups(nn.Module):
+    """One module per group, called one after another; their outputs stacked on dim 1."""
+
+    def __init__(self, per_group: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.per_group = nn.ModuleList(per_group)
+
+    def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
+        groups = range(len(self.per_group)) if index is None else index
+        inputs = _group_inputs(x, groups)
+        outputs = [self.per_group[g](x_g) for g, x_g in zip(groups, inputs, strict=True)]
+        return torch.stack(outputs, dim=1)
+
+
+class LoopLinear(LoopGroups):
+    """One ``nn.Linear`` per group (the reference for ``StackedLinear``)."""
 
     def __init__(self, stacked: StackedLinear) -> None:
-        super().__init__()
-        self.linears = nn.ModuleList(_linear(stacked, g) for g in range(stacked.groups))
-
-    def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
-        groups = range(len(self.linears)) if index is None else index
-        inputs = _group_inputs(x, groups)
-        outputs = [self.linears[g](x_g) for g, x_g in zip(groups, inputs, strict=True)]
-        return torch.stack(outputs, dim=1)
+        super().__init__(_linear(stacked, g) for g in range(stacked.groups))
 
 
-class LoopMLP(nn.Module):
-    """One ``nn.Sequential`` MLP per group, looped over (the reference for ``StackedMLP``)."""
+class LoopMLP(LoopGroups):
+    """One ``nn.Sequential`` MLP per group (the reference for ``StackedMLP``)."""
 
     def __init__(self, stacked: StackedMLP) -> None:
-        super().__init__()
-        self.mlps = nn.ModuleList()
-        for g in range(stacked.groups):
-            layers = []
-            for layer in stacked.layers:
-                layers += [_linear(layer, g), stacked.activation, stacked.dropout]
-            self.mlps.append(nn.Sequential(*layers))
-
-    def forward(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
-        groups = range(len(self.mlps)) if index is None else index
-        inputs = _group_inputs(x, groups)
-        outputs = [self.mlps[g](x_g) for g, x_g in zip(groups, inputs, strict=True)]
-        return torch.stack(outputs, dim=1)
+        super().__init__(
+            nn.Sequential(*[
+                module
+                for layer in stacked.layers
+                for module in (_linear(layer, g), stacked.activation, stacked.dropout)
+            ])
+            for g in range(stacked.groups)
+        )
 
 
 class LoopGates(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import mtlzoo
 
@@ -35,6 +36,16 @@ def build(name: str, tasks: list[mtlzoo.Task] | None = None, **overrides) -> mtl
     return mtlzoo.create_model(
         name, in_features=IN_FEATURES, tasks=tasks or mixed_tasks(), **options
     )
+
+
+@pytest.fixture
+def float64():
+    """Run a test in float64, from seed 0."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(params=mtlzoo.list_models())

@@ -12,13 +12,7 @@ from tests.conftest import IN_FEATURES, mixed_tasks
 ATOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def create(name: str, **options) -> mtlzoo.MultiTaskModel:

@@ -24,13 +24,7 @@ from mtlzoo.reference import LoopCrossStitch, LoopGates, LoopLinear, LoopMLP, lo
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def assert_same_values_and_grads(batched, loop, inputs, call=lambda module, *xs: module(*xs)):
@@ -69,12 +63,13 @@ def stacked_grads(module) -> list[torch.Tensor]:
     if isinstance(module, StackedLinear):
         return [grad(p) for p in (module.weight, module.bias) if p is not None]
     if isinstance(module, LoopLinear):
-        return from_linears(module.linears)
+        return from_linears(module.per_group)
     if isinstance(module, StackedMLP):
         return [g for layer in module.layers for g in stacked_grads(layer)]
     if isinstance(module, LoopMLP):
-        depth = sum(isinstance(m, torch.nn.Linear) for m in module.mlps[0])
-        return [g for i in range(depth) for g in from_linears([mlp[3 * i] for mlp in module.mlps])]
+        mlps = module.per_group
+        depth = sum(isinstance(m, torch.nn.Linear) for m in mlps[0])
+        return [g for i in range(depth) for g in from_linears([mlp[3 * i] for mlp in mlps])]
     if isinstance(module, SoftmaxGates):
         return stacked_grads(module.logits)
     if isinstance(module, LoopGates):
