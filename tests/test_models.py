@@ -145,3 +145,16 @@ def test_a_single_task_model_works(model_name):
     model = seeded(model_name, tasks=[mtlzoo.Task("only", kind="regression")])
     out = model(torch.randn(3, IN_FEATURES))
     assert out.logits["only"].shape == (3, 1)
+
+
+def test_bf16_autocast_works_and_stays_close(model_name):
+    model = seeded(model_name)
+    x = torch.randn(6, IN_FEATURES)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, from_bf16_input = model(x), model(x.bfloat16())
+    full = model(x)
+    for name, logits in full.logits.items():
+        assert low.logits[name].dtype == torch.bfloat16
+        torch.testing.assert_close(low.logits[name].float(), logits, atol=2e-2, rtol=2e-2)
+        assert from_bf16_input.logits[name].shape == logits.shape
+    sum(v.float().sum() for v in low.logits.values()).backward()
