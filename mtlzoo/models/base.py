@@ -54,6 +54,15 @@ class MultiTaskModel(nn.Module):
         reps, gate_weights = self.represent(x, task_ids)
         return ModelOutput(self.heads(reps, task_ids), gate_weights, x.new_zeros(()))
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Every parameter outside the task heads (gradient balancing acts on these)."""
+        specific = {id(p) for p in self.heads.parameters()}
+        return [p for p in self.parameters() if id(p) not in specific]
+
+    def task_parameters(self) -> list[nn.Parameter]:
+        """The task heads' parameters (each slice serves one task)."""
+        return list(self.heads.parameters())
+
     def num_selected(self, task_ids: Sequence[int] | None) -> int:
         return len(self.tasks) if task_ids is None else len(task_ids)
 

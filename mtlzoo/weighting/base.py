@@ -1,0 +1,87 @@
+"""The interface every loss-weighting or gradient-balancing method implements.
+
+Axes: t tasks (those present in the step), p flattened parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class Weighting(nn.Module):
+    """Turns per-task losses into one update of the model's gradients.
+
+    The trainer calls, every step, ``backward(losses, shared, specific)`` with the losses of
+    the tasks present in the step (a task with no labelled row is left out), the model's
+    shared parameters and its task-specific ones (the heads). It must leave the gradient of
+    the update in ``.grad`` of every parameter that has one (accumulating, as
+    ``Tensor.backward`` does) and return the weights it applied, one per task in ``losses``.
+    Learnable state (``nn.Parameter``) is optimised by the trainer's optimizer together with
+    the model; ``after_step()`` runs after each optimizer step, ``epoch_end(mean_losses)``
+    after each epoch. State to checkpoint lives in parameters, buffers and
+    ``get_extra_state``.
+    """
+
+    def __init__(self, task_names: Sequence[str]) -> None:
+        super().__init__()
+        self.task_names = tuple(task_names)
+
+    def backward(
+        self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimizer step."""
+
+    def epoch_end(self, mean_losses: dict[str, float]) -> None:
+        """Called after every epoch with each task's mean training loss over it."""
+
+
+class LossWeighting(Weighting):
+    """A method that only scales the losses: ``sum_t w_t L_t``, one ordinary backward."""
+
+    def weights(self, losses: dict[str, Tensor]) -> Tensor:
+        """(t,) weights for the tasks in ``losses``, in that order."""
+        raise NotImplementedError
+
+    def total(self, losses: dict[str, Tensor]) -> Tensor:
+        """The scalar to back-propagate (a method may add terms, as uncertainty does)."""
+        weights = self.weights(losses)
+        return (weights * torch.stack(list(losses.values()))).sum()
+
+    def backward(
+        self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
+    ) -> Tensor:
+        self.total(losses).backward()
+        return self.weights(losses).detach()
+
+
+class GradientWeighting(Weighting):
+    """A method that combines the per-task gradients of the shared parameters.
+
+    ``combine(grads (t, p), losses)`` returns the shared update (p,) and the task weights
+    (t,) it amounts to (or that it used). Task-specific parameters get their ordinary
+    gradient, that of ``sum_t L_t``.
+    """
+
+    needs_task_gradients: ClassVar[bool] = True
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def backward(
+        self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
+    ) -> Tensor:
+        from mtlzoo.weighting.gradients import accumulate_flat, task_gradients
+
+        values = torch.stack(list(losses.values()))
+        shared_grads, specific_grads = task_gradients(values, shared, specific)
+        update, weights = self.combine(shared_grads, values.detach())
+        accumulate_flat(shared, update)
+        accumulate_flat(specific, specific_grads.sum(dim=0))
+        return weights.detach()
