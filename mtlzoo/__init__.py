@@ -6,8 +6,13 @@ Start here:
   registered architecture (``list_models()``); ``register_model`` adds one.
 * Every model maps x (b, d) to one representation per task (b, t, h) and applies the same
   ``TaskHeads``; it returns ``ModelOutput(logits, gate_weights, aux_loss)``.
+* ``Trainer(model, weighting=...)`` minimises ``sum_t w_t L_t`` with Adam in both data
+  regimes (one dataset labelled for every task, or one dataset per task);
+  ``list_weightings()`` names the loss-weighting and gradient-balancing methods.
 * ``mtlzoo.layers`` holds the batched kernels, ``mtlzoo.models`` one file per family,
-  ``mtlzoo.reference`` the naive loop versions the tests and benchmarks compare against.
+  ``mtlzoo.reference`` the naive loop versions the tests and benchmarks compare against,
+  ``mtlzoo.weighting`` the weighting methods, ``mtlzoo.losses`` and ``mtlzoo.metrics``
+  what the trainer computes per task, ``mtlzoo.data`` generated data and batching.
 """
 
 from mtlzoo import models as _models  # noqa: F401  (import registers the architectures)
@@ -16,6 +21,13 @@ from mtlzoo.errors import MtlzooError
 from mtlzoo.layers import TaskHeads
 from mtlzoo.models import ModelOutput, MultiTaskModel
 from mtlzoo.tasks import Task
+from mtlzoo.train import Trainer
+from mtlzoo.weighting import (
+    Weighting,
+    create_weighting,
+    list_weightings,
+    register_weighting,
+)
 
 __version__ = "0.1.0"
 
@@ -25,9 +37,14 @@ __all__ = [
     "MultiTaskModel",
     "Task",
     "TaskHeads",
+    "Trainer",
+    "Weighting",
     "__version__",
     "create_model",
+    "create_weighting",
     "get_model_builder",
     "list_models",
+    "list_weightings",
     "register_model",
+    "register_weighting",
 ]

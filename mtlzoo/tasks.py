@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from mtlzoo.errors import MtlzooError
+from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.losses import DEFAULT_LOSSES, LOSSES, RowLoss
 
 TASK_KINDS = ("binary", "multiclass", "regression")
 
@@ -14,7 +16,9 @@ class Task:
     """One prediction task.
 
     ``kind`` is ``"binary"`` (one logit), ``"multiclass"`` (``num_classes`` logits) or
-    ``"regression"`` (one value).
+    ``"regression"`` (one value). ``loss`` names a loss from ``mtlzoo.losses.LOSSES`` that
+    fits the kind, or is a function ``(logits (n, o), labels (n,)) -> (n,)`` row losses;
+    by default BCE with logits, cross-entropy and MSE.
 
     >>> Task("topic", kind="multiclass", num_classes=4).out_features
     4
@@ -23,6 +27,7 @@ class Task:
     name: str
     kind: str = "binary"
     num_classes: int | None = None
+    loss: str | Callable | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -42,6 +47,28 @@ class Task:
                 f"task {self.name!r}: num_classes={self.num_classes!r} is only for "
                 f"multiclass tasks, not {self.kind!r}"
             )
+
+        if isinstance(self.loss, str):
+            if self.loss not in LOSSES:
+                raise MtlzooError(
+                    f"task {self.name!r}: unknown loss {self.loss!r}.{suggest(self.loss, LOSSES)}"
+                    f" Known: {', '.join(LOSSES)}"
+                )
+            if self.kind not in LOSSES[self.loss][1]:
+                raise MtlzooError(
+                    f"task {self.name!r}: loss {self.loss!r} does not fit a {self.kind} task"
+                )
+        elif self.loss is not None and not callable(self.loss):
+            raise MtlzooError(
+                f"task {self.name!r}: loss must be a name or a function, got {self.loss!r}"
+            )
+
+    @property
+    def row_loss(self) -> RowLoss:
+        """The function giving this task's loss per row."""
+        if callable(self.loss):
+            return self.loss
+        return LOSSES[self.loss or DEFAULT_LOSSES[self.kind]][0]
 
     @property
     def out_features(self) -> int:

@@ -13,13 +13,39 @@ from mtlzoo import cli
 from mtlzoo.bench import speed
 
 
-def test_list_prints_every_model(capsys):
+def test_list_prints_every_model_and_weighting(capsys):
     assert cli.main(["list"]) == 0
-    assert capsys.readouterr().out.split() == mtlzoo.list_models()
+    models, weightings = capsys.readouterr().out.splitlines()
+    assert models.split()[1:] == mtlzoo.list_models()
+    assert weightings.split()[1:] == mtlzoo.list_weightings()
 
 
-def test_demo_prints_one_row_per_model(capsys):
-    assert cli.main(["demo", "--batch-size", "8", "--in-features", "6", "--repeats", "1"]) == 0
+def test_train_prints_the_test_metrics(capsys):
+    argv = ["train", "--model", "mmoe", "--data", "synthetic", "--weighting", "uncertainty",
+            "--epochs", "1", "--rows", "400", "--quiet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^y1\s+40\s", out, re.MULTILINE) and "r2" in out
+
+
+def test_train_writes_a_checkpoint(tmp_path):
+    path = tmp_path / "mmoe.pt"
+    argv = ["train", "--model", "omoe", "--epochs", "1", "--rows", "300", "--quiet",
+            "--checkpoint", str(path)]
+    assert cli.main(argv) == 0
+    assert torch.load(path, weights_only=True)["position"]["epoch"] == 1
+
+
+def test_demo_trains_every_model(capsys):
+    assert cli.main(["demo", "--rows", "300", "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for name in mtlzoo.list_models():
+        assert re.search(rf"^\s*{name}\s+\d+\s", out, re.MULTILINE), name
+    assert "y1 mse" in out and "y2 r2" in out
+
+
+def test_speed_prints_one_row_per_model(capsys):
+    assert cli.main(["speed", "--batch-size", "8", "--in-features", "6", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     for name in mtlzoo.list_models():
         assert re.search(rf"^\s*{name}\s+\d+\s", out, re.MULTILINE), name

@@ -11,6 +11,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from mtlzoo.errors import MtlzooError, suggest
+
 
 class Weighting(nn.Module):
     """Turns per-task losses into one update of the model's gradients.
@@ -49,16 +51,16 @@ class LossWeighting(Weighting):
         """(t,) weights for the tasks in ``losses``, in that order."""
         raise NotImplementedError
 
-    def total(self, losses: dict[str, Tensor]) -> Tensor:
+    def total(self, losses: dict[str, Tensor], weights: Tensor) -> Tensor:
         """The scalar to back-propagate (a method may add terms, as uncertainty does)."""
-        weights = self.weights(losses)
         return (weights * torch.stack(list(losses.values()))).sum()
 
     def backward(
         self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
     ) -> Tensor:
-        self.total(losses).backward()
-        return self.weights(losses).detach()
+        weights = self.weights(losses)  # drawn once: the weights applied are those returned
+        self.total(losses, weights).backward()
+        return weights.detach()
 
 
 class GradientWeighting(Weighting):
@@ -79,9 +81,25 @@ class GradientWeighting(Weighting):
     ) -> Tensor:
         from mtlzoo.weighting.gradients import accumulate_flat, task_gradients
 
+        task_index(self.task_names, list(losses))  # names checked, at least one
         values = torch.stack(list(losses.values()))
         shared_grads, specific_grads = task_gradients(values, shared, specific)
         update, weights = self.combine(shared_grads, values.detach())
         accumulate_flat(shared, update)
         accumulate_flat(specific, specific_grads.sum(dim=0))
         return weights.detach()
+
+
+def task_index(task_names: Sequence[str], names: Sequence[str]) -> list[int]:
+    """Positions in ``task_names`` of ``names`` (the tasks of a step), in that order."""
+    index = []
+    for name in names:
+        if name not in task_names:
+            raise MtlzooError(
+                f"unknown task {name!r}.{suggest(str(name), task_names)} "
+                f"This weighting's tasks: {', '.join(task_names)}"
+            )
+        index.append(task_names.index(name))
+    if not index:
+        raise MtlzooError("no task losses given: a step needs at least one task")
+    return index

@@ -1,0 +1,62 @@
+"""MGDA: the min-norm point of the convex hull of the task gradients.
+
+Axes: t tasks, p flattened shared parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mtlzoo.errors import MtlzooError
+from mtlzoo.weighting.base import GradientWeighting
+from mtlzoo.weighting.gradients import gram_matrix, min_norm_weights
+from mtlzoo.weighting.registry import register_weighting
+
+NORMALISATIONS = ("none", "l2", "loss", "loss+")
+
+
+@register_weighting("mgda")
+class MGDA(GradientWeighting):
+    """Multiple-gradient descent: the common descent direction of minimum norm.
+
+    O. Sener, V. Koltun. "Multi-Task Learning as Multi-Objective Optimization." Advances in
+    Neural Information Processing Systems 31 (NeurIPS), 2018. arXiv:1810.04650
+
+    With ``g_t`` the gradient of ``L_t`` w.r.t. the shared parameters, scaled by ``1 / n_t``::
+
+        alpha = argmin_{alpha in simplex} || einsum('t,tp->p', alpha, g / n) ||^2
+        update = einsum('t,tp->p', alpha, g)
+
+    ``normalisation`` picks ``n_t`` as in the paper's code: ``"none"`` 1, ``"l2"``
+    ``||g_t||``, ``"loss"`` ``L_t``, ``"loss+"`` ``L_t ||g_t||``; the update uses the raw
+    gradients, as the code's ``sum_t alpha_t L_t`` does. The loss normalisations expect
+    positive losses; a zero ``n_t`` counts as 1. The returned weights are ``alpha``
+    (sum 1). Solved with the exact two-task closed form and Frank-Wolfe beyond
+    (``gradients.min_norm_weights``); one task gives ``alpha = [1]``.
+
+    This is the exact per-parameter MGDA: the MGDA-UB upper bound (gradients w.r.t. a shared
+    representation, one backward) is not used.
+    """
+
+    def __init__(self, task_names: Sequence[str], *, normalisation: str = "none") -> None:
+        super().__init__(task_names)
+        if normalisation not in NORMALISATIONS:
+            raise MtlzooError(
+                f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
+            )
+        self.normalisation = normalisation
+
+    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        gram = gram_matrix(grads)
+        scale = torch.ones_like(gram.diagonal())
+        if self.normalisation in ("l2", "loss+"):
+            scale = scale * gram.diagonal().sqrt()
+        if self.normalisation in ("loss", "loss+"):
+            scale = scale * losses.detach().to(gram)
+        scale = torch.where(scale > 0, scale, 1.0)  # a zero norm or loss: leave g_t as is
+        alpha = min_norm_weights(gram / scale[:, None] / scale[None, :])
+        alpha = alpha.to(grads)
+        return alpha @ grads, alpha
