@@ -59,12 +59,20 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
     return _MODELS[canonical]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the architecture registered as ``name``.
+def create_model(name: str, *, encoder: nn.Module | None = None, **kwargs) -> nn.Module:
+    """Build the architecture registered as ``name``, on ``encoder`` if given (its
+    ``out_features`` is then the ``in_features``).
 
     >>> model = create_model("mmoe", in_features=16, tasks=[Task("y")])  # doctest: +SKIP
     """
     builder = get_model_builder(name)
+    if encoder is not None:
+        width = getattr(encoder, "out_features", None)
+        if kwargs.setdefault("in_features", width) != width:
+            raise MtlzooError(
+                f"in_features={kwargs['in_features']!r} but the encoder gives {width!r} features;"
+                " leave in_features out when you pass an encoder"
+            )
     accepted = inspect.signature(builder).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         for key in kwargs:
@@ -80,4 +88,5 @@ def create_model(name: str, **kwargs) -> nn.Module:
     ]
     if missing:
         raise MtlzooError(f"model {name!r} needs the argument(s) {', '.join(missing)}")
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    return model if encoder is None else model.set_encoder(encoder)

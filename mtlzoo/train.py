@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -49,6 +49,8 @@ class Trainer:
     ``"sgd"`` (momentum 0.9) or a function ``params -> torch.optim.Optimizer``. Data that the
     trainer batches itself (a ``datasets.Dataset`` or a dict of tensors) is shuffled from
     ``seed`` and the epoch alone, so a run resumed from a checkpoint replays it exactly.
+    ``input_key`` names the input column, or several (a dict of them reaches the model's
+    encoder, e.g. ``("categorical", "numeric")`` for a ``TabularEncoder``).
 
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
     >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
@@ -67,7 +69,7 @@ class Trainer:
         batch_size: int = 256,
         sampling: str = "round_robin",
         temperature: float = 2.0,
-        input_key: str = "x",
+        input_key: str | Sequence[str] = "x",
         weight_key: str = "weight",
         label_keys: Mapping[str, str] | None = None,
         grad_clip: float | None = None,
@@ -328,13 +330,18 @@ class Trainer:
     def _source(self, data, what: str, shuffle: bool, offset: int = 0):
         return as_batches(data, what, self.batch_size, shuffle, self.seed + 7919 * offset)
 
-    def _input(self, batch: Batch) -> Tensor:
-        if self.input_key not in batch:
-            raise MtlzooError(
-                f"batch has no input column {self.input_key!r} (columns: {sorted(batch)}); "
-                "set Trainer(input_key=...)"
-            )
-        return _to(batch[self.input_key], self.device)
+    def _input(self, batch: Batch) -> Tensor | dict[str, Tensor]:
+        """The model input: one column, or a dict of several (``input_key`` a sequence)."""
+        keys = [self.input_key] if isinstance(self.input_key, str) else list(self.input_key)
+        for key in keys:
+            if key not in batch:
+                raise MtlzooError(
+                    f"batch has no input column {key!r} (columns: {sorted(batch)}); "
+                    "set Trainer(input_key=...)"
+                )
+        if isinstance(self.input_key, str):
+            return _to(batch[self.input_key], self.device)
+        return {key: _to(batch[key], self.device) for key in keys}
 
     def _labels(self, batch: Batch, name: str) -> tuple[Tensor, Tensor | None, Tensor | None]:
         key = self.label_keys.get(name, name)

@@ -31,16 +31,31 @@ class MultiTaskModel(nn.Module):
 
     A subclass builds its sharing layers and ``self.heads`` (a ``TaskHeads``), and implements
     ``represent(x, task_ids) -> (reps (b, t, h), gate_weights)``, where ``reps`` holds the
-    tasks in ``task_ids`` (all tasks when None) in that order.
+    tasks in ``task_ids`` (all tasks when None) in that order. An optional ``encoder``
+    (``set_encoder``) turns the raw input into the (b, in_features) features first.
     """
 
     heads: nn.Module
+    encoder: nn.Module | None
 
     def __init__(self, *, in_features: int, tasks: Sequence[Task]) -> None:
         super().__init__()
         self.in_features = _checks.positive_int("in_features", in_features)
         self.tasks = _check_tasks(tasks)
         self.task_names = tuple(task.name for task in self.tasks)
+        self.encoder = None
+
+    def set_encoder(self, encoder: nn.Module) -> MultiTaskModel:
+        """Read raw inputs through ``encoder`` (its ``out_features`` must be ``in_features``);
+        its parameters are shared by every task. Returns the model."""
+        width = getattr(encoder, "out_features", None)
+        if not isinstance(encoder, nn.Module) or width != self.in_features:
+            raise MtlzooError(
+                f"the encoder must be an nn.Module with out_features == in_features "
+                f"({self.in_features}), got {type(encoder).__name__} with out_features={width}"
+            )
+        self.encoder = encoder
+        return self
 
     def represent(
         self, x: Tensor, task_ids: Sequence[int] | None
@@ -49,6 +64,8 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, x: Tensor, tasks: str | Sequence[str] | None = None) -> ModelOutput:
         """Logits for every task, or only for ``tasks`` (their heads and gates alone run)."""
+        if self.encoder is not None:
+            x = self.encoder(x)
         self._check_input(x)
         task_ids = None if tasks is None else self._task_ids(tasks)
         reps, gate_weights = self.represent(x, task_ids)
