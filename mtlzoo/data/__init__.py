@@ -1,5 +1,24 @@
-"""Data: generated tasks and the batching the trainer reads. ``datasets`` loads lazily."""
+"""Data: generated tasks, real data sets, and the batching the trainer reads.
+
+``datasets`` and ``pandas`` load lazily, inside the functions that read data.
+"""
 
 from mtlzoo.data.synthetic import synthetic_tasks
+from mtlzoo.data.text import (
+    NUM_CLASSES,
+    WordTokenizer,
+    num_classes,
+    pad_batch,
+    text_classification,
+    tokenize_dataset,
+)
 
-__all__ = ["synthetic_tasks"]
+__all__ = [
+    "NUM_CLASSES",
+    "WordTokenizer",
+    "num_classes",
+    "pad_batch",
+    "synthetic_tasks",
+    "text_classification",
+    "tokenize_dataset",
+]

@@ -1,0 +1,658 @@
+"""Text classification data: IMDb and AG News (from the hub or local files) and a small word
+tokenizer whose token ids feed an Embedding + BiLSTM encoder.
+
+* ``text_classification(name, data_dir=..., data_files=...)`` returns a ``DatasetDict`` whose
+  splits hold exactly two columns, ``text`` (str) and ``label`` (int64, ``0 .. K-1``).
+* ``WordTokenizer`` splits on words, keeps the most frequent training words and maps a text
+  to ids (0 = ``<pad>``, 1 = ``<unk>``); its ``state_dict()`` is plain types, so it can ride
+  in a checkpoint read with ``torch.load(weights_only=True)``.
+* ``tokenize_dataset`` adds an ``input_ids`` column padded to one length, so the trainer
+  fetches fixed-shape batches with ``dataset.with_format("torch")[rows]``.
+
+``datasets``, ``pandas`` and ``pyarrow`` are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from mtlzoo import _checks
+from mtlzoo.errors import MtlzooError, suggest
+
+NUM_CLASSES: dict[str, int] = {"imdb": 2, "ag_news": 4}
+"""Classes of the known datasets, by canonical name."""
+
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "imdb": ("neg", "pos"),
+    "ag_news": ("World", "Sports", "Business", "Sci/Tech"),
+}
+"""Label names of the known datasets (as on the hub), by canonical name."""
+
+HUB_IDS: dict[str, str] = {"imdb": "stanfordnlp/imdb", "ag_news": "fancyzhx/ag_news"}
+"""The Hugging Face hub id each known dataset is loaded from."""
+
+_ALIASES = {
+    "imdb": "imdb",
+    "stanfordnlp/imdb": "imdb",
+    "ag_news": "ag_news",
+    "fancyzhx/ag_news": "ag_news",
+}
+# hub splits without labels (IMDb's 50k "unsupervised" reviews are labelled -1)
+_UNLABELLED_SPLITS = {"imdb": ("unsupervised",)}
+_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+_DIR_SPLITS = ("train", "validation", "test")
+_REQUIRED_DIR_SPLITS = ("train", "test")
+
+
+def text_classification(
+    name: str | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    data_files: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]] | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    cache_dir: str | os.PathLike | None = None,
+):
+    """A ``datasets.DatasetDict`` of text classification splits, each with exactly the
+    columns ``text`` (str) and ``label`` (int64 in ``0 .. K-1``).
+
+    ``name`` is ``"imdb"`` (alias ``"stanfordnlp/imdb"``, 2 classes) or ``"ag_news"``
+    (alias ``"fancyzhx/ag_news"``, 4 classes). With no local files it is loaded from the
+    Hugging Face hub; IMDb's unlabelled ``unsupervised`` split is dropped. Local files need
+    no network:
+
+    * ``data_dir``: a folder with ``train`` and ``test`` files (``validation`` optional),
+      each ``<split>.parquet`` or ``<split>.csv``, or shards ``<split>-*.parquet`` /
+      ``<split>-*.csv`` as the hub's parquet export names them;
+    * ``data_files``: ``{"train": path, "test": path, ...}`` (a path or a list of paths per
+      split); the format comes from the extension, ``.parquet`` or ``.csv``.
+
+    ``text_column`` and ``label_column`` name the source columns, renamed to ``text`` and
+    ``label``; other columns are dropped. With a known ``name`` labels must lie in
+    ``0 .. NUM_CLASSES[name] - 1`` and become a ``ClassLabel`` with the hub's names; without
+    one, labels must be non-negative integers. ``cache_dir`` is the ``datasets`` cache.
+    Every problem (no network, missing files or columns, an empty split, bad labels) is an
+    ``MtlzooError``.
+    """
+    import datasets
+
+    canonical = _canonical_name(name) if name is not None else None
+    for argument, value in (("text_column", text_column), ("label_column", label_column)):
+        if not isinstance(value, str) or not value:
+            raise MtlzooError(f"{argument} must be a non-empty column name, got {value!r}")
+    if text_column == label_column:
+        raise MtlzooError(f"text_column and label_column are both {text_column!r}")
+    if data_dir is not None and data_files is not None:
+        raise MtlzooError("pass data_dir= or data_files=, not both")
+    cache = None if cache_dir is None else os.fspath(cache_dir)
+
+    if data_dir is not None:
+        loaded = _load_local(_files_in_dir(data_dir), cache)
+    elif data_files is not None:
+        loaded = _load_local(_normalise_data_files(data_files), cache)
+    elif canonical is None:
+        raise MtlzooError(
+            "text_classification needs a dataset name ('imdb' or 'ag_news') or local files "
+            "(data_dir= or data_files=)"
+        )
+    else:
+        loaded = _load_hub(canonical, cache, text_column, label_column)
+
+    splits = {
+        split: dataset
+        for split, dataset in loaded.items()
+        if split not in _UNLABELLED_SPLITS.get(canonical, ())
+    }
+    if not splits:
+        raise MtlzooError(f"no labelled split found (splits: {list(loaded)})")
+    return datasets.DatasetDict(
+        {
+            split: _standardise(dataset, split, canonical, text_column, label_column)
+            for split, dataset in splits.items()
+        }
+    )
+
+
+def num_classes(data) -> int:
+    """The number of classes of a ``DatasetDict`` (or ``Dataset``) with a ``label`` column:
+    from its ``ClassLabel`` feature when it has one, else the largest label + 1."""
+    splits = _splits(data, "num_classes")
+    for dataset in splits.values():
+        feature = dataset.features.get("label")
+        if type(feature).__name__ == "ClassLabel":
+            return int(feature.num_classes)
+    import pyarrow.compute as pc
+
+    largest = None
+    for split, dataset in splits.items():
+        if "label" not in dataset.column_names:
+            raise MtlzooError(
+                f"split {split!r} has no 'label' column (columns: {dataset.column_names})"
+            )
+        if len(dataset):
+            high = pc.max(dataset.with_format("arrow")["label"]).as_py()
+            if high is not None:
+                largest = high if largest is None else max(largest, high)
+    if largest is None:
+        raise MtlzooError("num_classes: no labels found (every split is empty)")
+    return int(largest) + 1
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _canonical_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise MtlzooError(f"name must be a dataset name such as 'imdb', got {name!r}")
+    canonical = _ALIASES.get(name.lower())
+    if canonical is None:
+        raise MtlzooError(
+            f"unknown text dataset {name!r}; known: {sorted(_ALIASES)}."
+            + suggest(name.lower(), _ALIASES)
+            + " Other data loads from local files with data_dir= or data_files=."
+        )
+    return canonical
+
+
+def _layout_hint(canonical: str | None, text_column: str, label_column: str) -> str:
+    classes = (
+        f"an integer in 0..{NUM_CLASSES[canonical] - 1}" if canonical else "a non-negative integer"
+    )
+    return (
+        "pass data_dir= a folder holding train.parquet and test.parquet (or .csv; "
+        "validation.* optional) or data_files={'train': path, 'test': path}; each file needs "
+        f"a {text_column!r} column (str) and a {label_column!r} column ({classes})"
+    )
+
+
+def _load_hub(canonical: str, cache: str | None, text_column: str, label_column: str):
+    import datasets
+
+    hub_id = HUB_IDS[canonical]
+    try:
+        return datasets.load_dataset(hub_id, cache_dir=cache)
+    except OSError as error:  # ConnectionError (offline, unreachable), not found, ...
+        raise MtlzooError(
+            f"could not load {hub_id!r} from the Hugging Face hub "
+            f"({type(error).__name__}: {error}). Without a network (or with HF_HUB_OFFLINE "
+            "set), download the data elsewhere and "
+            + _layout_hint(canonical, text_column, label_column)
+        ) from error
+
+
+def _files_in_dir(data_dir) -> dict[str, list[str]]:
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise MtlzooError(f"data_dir {os.fspath(data_dir)!r} is not a folder")
+    files: dict[str, list[str]] = {}
+    for split in _DIR_SPLITS:
+        found = {}
+        for extension in _FORMATS:
+            paths = [p for p in (folder / f"{split}{extension}",) if p.is_file()]
+            paths += sorted(p for p in folder.glob(f"{split}-*{extension}") if p.is_file())
+            found[extension] = paths
+        found = {extension: paths for extension, paths in found.items() if paths}
+        if len(found) > 1:
+            raise MtlzooError(
+                f"data_dir {str(folder)!r} holds {split} files in two formats: "
+                f"{[p.name for paths in found.values() for p in paths]}; keep one"
+            )
+        if found:
+            files[split] = [str(p) for p in next(iter(found.values()))]
+    missing = [split for split in _REQUIRED_DIR_SPLITS if split not in files]
+    if missing:
+        present = sorted(p.name for p in folder.iterdir())
+        raise MtlzooError(
+            f"data_dir {str(folder)!r} has no {' or '.join(missing)} file; expected "
+            "train.parquet and test.parquet (or .csv, or shards such as "
+            f"train-00000-of-00001.parquet; validation.* optional), found {present}"
+        )
+    return files
+
+
+def _normalise_data_files(data_files) -> dict[str, list[str]]:
+    if not isinstance(data_files, Mapping) or not data_files:
+        raise MtlzooError(
+            "data_files must be a non-empty dict of split -> path, e.g. "
+            f"{{'train': 'train.parquet', 'test': 'test.parquet'}}, got {data_files!r}"
+        )
+    files: dict[str, list[str]] = {}
+    for split, paths in data_files.items():
+        if not isinstance(split, str) or not split:
+            raise MtlzooError(f"data_files keys must be split names, got {split!r}")
+        group = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        if not isinstance(group, Sequence) or not group or not all(
+            isinstance(p, (str, os.PathLike)) for p in group
+        ):
+            raise MtlzooError(
+                f"data_files[{split!r}] must be a path or a list of paths, got {paths!r}"
+            )
+        files[split] = [os.fspath(p) for p in group]
+    return files
+
+
+def _file_format(path: str) -> str:
+    extension = Path(path).suffix.lower()
+    if extension not in _FORMATS:
+        raise MtlzooError(
+            f"cannot tell the format of {path!r}: expected a .parquet or .csv file"
+        )
+    return _FORMATS[extension]
+
+
+def _check_not_empty(path: str, file_format: str) -> None:
+    if not Path(path).is_file():
+        raise MtlzooError(f"data file {path!r} does not exist")
+    try:
+        if file_format == "parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_metadata(path).num_rows
+        else:
+            import pandas as pd
+
+            try:
+                rows = len(pd.read_csv(path, nrows=1))
+            except pd.errors.EmptyDataError:
+                rows = 0
+    except Exception as error:  # not a parquet file, unreadable CSV, ...
+        raise MtlzooError(
+            f"could not read {file_format} file {path!r}: {type(error).__name__}: {error}"
+        ) from error
+    if rows == 0:
+        raise MtlzooError(f"data file {path!r} has no rows: every split needs examples")
+
+
+def _load_local(files: dict[str, list[str]], cache: str | None):
+    """Each split's files, grouped by format, loaded with the packaged parquet/csv builders."""
+    import datasets
+
+    by_format: dict[str, dict[str, list[str]]] = collections.defaultdict(dict)
+    for split, paths in files.items():
+        formats = {_file_format(p) for p in paths}
+        if len(formats) > 1:
+            raise MtlzooError(f"split {split!r} mixes formats: {paths}; use one")
+        file_format = formats.pop()
+        for path in paths:
+            _check_not_empty(path, file_format)
+        by_format[file_format][split] = paths
+    loaded = {}
+    for file_format, group in by_format.items():
+        try:
+            loaded.update(datasets.load_dataset(file_format, data_files=group, cache_dir=cache))
+        except Exception as error:  # a malformed file: name the files, keep the cause
+            raise MtlzooError(
+                f"could not read the {file_format} files {group}: {type(error).__name__}: {error}"
+            ) from error
+    return {split: loaded[split] for split in files}
+
+
+def _standardise(dataset, split: str, canonical: str | None, text_column: str,
+                 label_column: str):
+    """Exactly ``text`` (str) and ``label`` (int64), validated."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = dataset.column_names
+    for role, column in (("text", text_column), ("label", label_column)):
+        if column not in columns:
+            raise MtlzooError(
+                f"split {split!r} has no {role} column {column!r} (columns: {columns}); "
+                f"pass {role}_column= the column that holds the {role}"
+            )
+    if len(dataset) == 0:
+        raise MtlzooError(f"split {split!r} is empty: every split needs examples")
+    dataset = dataset.remove_columns([c for c in columns if c not in (text_column, label_column)])
+    renames = {old: new for old, new in ((text_column, "text"), (label_column, "label"))
+               if old != new}
+    if renames:
+        dataset = dataset.rename_columns(renames)
+
+    table = dataset.with_format("arrow")
+    text = table["text"]
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        raise MtlzooError(
+            f"split {split!r}: text column {text_column!r} must hold strings, got {text.type}"
+        )
+    if text.null_count:
+        raise MtlzooError(
+            f"split {split!r}: {text.null_count} rows have no text in column {text_column!r}"
+        )
+    labels = table["label"]
+    if labels.null_count:
+        raise MtlzooError(
+            f"split {split!r}: {labels.null_count} rows have no label in column "
+            f"{label_column!r}"
+        )
+    if not pa.types.is_integer(labels.type):
+        raise MtlzooError(
+            f"split {split!r}: label column {label_column!r} must hold integers (class ids "
+            f"0..K-1), got {labels.type}"
+        )
+    feature = dataset.features["label"]
+    class_label = feature if isinstance(feature, datasets.ClassLabel) else None
+    if canonical is not None:
+        limit = NUM_CLASSES[canonical]
+    elif class_label is not None:
+        limit = class_label.num_classes
+    else:
+        limit = None
+    extremes = pc.min_max(labels)
+    low, high = extremes["min"].as_py(), extremes["max"].as_py()
+    if low < 0 or (limit is not None and high >= limit):
+        allowed = f"0..{limit - 1}" if limit is not None else "non-negative integers"
+        what = f"{canonical} has {limit} classes" if canonical else "labels are class ids"
+        raise MtlzooError(
+            f"split {split!r}: labels in column {label_column!r} span {low}..{high}, but "
+            f"{what} ({allowed} allowed)"
+        )
+    if class_label is None:
+        target = (
+            datasets.ClassLabel(names=list(CLASS_NAMES[canonical]))
+            if canonical is not None
+            else datasets.Value("int64")
+        )
+        if target != feature:
+            dataset = dataset.cast_column("label", target)
+    return dataset
+
+
+def _splits(data, caller: str) -> dict:
+    kind = type(data).__name__
+    if kind == "DatasetDict":
+        return dict(data)
+    if kind == "Dataset":
+        return {"data": data}
+    raise MtlzooError(f"{caller} needs a datasets.DatasetDict or Dataset, got {kind}")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+PAD, UNK = "<pad>", "<unk>"
+# a word: letters and digits (any script, no underscore), with inner apostrophes ("don't")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+# HTML line breaks, as in IMDb's "<br /><br />": a space, so they add no "br" word
+_LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_STATE_KIND = "mtlzoo.WordTokenizer"
+_STATE_VERSION = 1
+
+
+class WordTokenizer:
+    """Words to ids, with no dependency: fit a vocabulary on training texts, then encode.
+
+    Rules:
+
+    * ``<br />`` tags become spaces; the text is lower-cased when ``lowercase``;
+    * a word is a run of letters and digits (any script; ``_`` and punctuation separate
+      words) with inner apostrophes kept: ``"Don't stop_now!"`` -> ``["don't", "stop",
+      "now"]``;
+    * ``fit`` keeps the ``max_vocab`` most frequent words, ties broken alphabetically (so
+      the vocabulary does not depend on the order of the texts); id 0 is ``<pad>``, id 1
+      ``<unk>``, then the words, most frequent first: ``len(tokenizer) <= max_vocab + 2``;
+    * ``encode`` keeps the first ``max_length`` words; a word not in the vocabulary is 1;
+      a text with no word at all encodes as one ``<unk>`` (never an all-padding row).
+
+    >>> tokenizer = WordTokenizer(max_vocab=3).fit(["a b b", "c c c d"])
+    >>> tokenizer.vocab
+    ['<pad>', '<unk>', 'c', 'b', 'a']
+    >>> tokenizer.encode(["c a x", "!"]).tolist()
+    [[2, 4, 1], [1, 0, 0]]
+    """
+
+    pad_id = 0
+    unk_id = 1
+
+    def __init__(self, max_vocab: int = 20_000, max_length: int = 256,
+                 lowercase: bool = True) -> None:
+        self.max_vocab = _checks.positive_int("max_vocab", max_vocab)
+        self.max_length = _checks.positive_int("max_length", max_length)
+        if not isinstance(lowercase, bool):
+            raise MtlzooError(f"lowercase must be True or False, got {lowercase!r}")
+        self.lowercase = lowercase
+        self._vocab: list[str] | None = None
+        self._ids: dict[str, int] = {}
+
+    # ---- rules
+
+    def tokenize(self, text: str) -> list[str]:
+        """The words of one text, by the rules above (no truncation)."""
+        if "<" in text:
+            text = _LINE_BREAK.sub(" ", text)
+        if self.lowercase:
+            text = text.lower()
+        return _WORD.findall(text)
+
+    def fit(self, texts: Iterable[str]) -> WordTokenizer:
+        """Build the vocabulary from ``texts`` (any iterable of str, e.g. a dataset column
+        or ``itertools.chain`` of several); replaces any earlier vocabulary."""
+        counts: collections.Counter[str] = collections.Counter()
+        for i, text in enumerate(_texts(texts, "fit")):
+            if not isinstance(text, str):
+                raise MtlzooError(f"fit: text {i} is {type(text).__name__}, not str")
+            counts.update(self.tokenize(text))
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        self._set_vocab([PAD, UNK, *(word for word, _ in ranked[: self.max_vocab])])
+        return self
+
+    def encode_ids(self, texts: Iterable[str], *, max_length: int | None = None
+                   ) -> list[list[int]]:
+        """One list of ids per text, truncated to ``max_length`` (default: the tokenizer's),
+        unpadded; every list has at least one id."""
+        ids = self._require_fitted()
+        length = self.max_length if max_length is None else _checks.positive_int(
+            "max_length", max_length
+        )
+        rows = []
+        for i, text in enumerate(_texts(texts, "encode")):
+            if not isinstance(text, str):
+                raise MtlzooError(f"encode: text {i} is {type(text).__name__}, not str")
+            words = self.tokenize(text)[:length]
+            rows.append([ids.get(word, 1) for word in words] if words else [1])
+        return rows
+
+    def encode(self, texts: Iterable[str], *, max_length: int | None = None) -> torch.Tensor:
+        """A LongTensor ``(n, L)``: each text's ids truncated to ``max_length`` (default: the
+        tokenizer's), right-padded with 0 to the longest row of this call."""
+        return pad_batch(self.encode_ids(texts, max_length=max_length), pad_id=self.pad_id)
+
+    # ---- vocabulary
+
+    @property
+    def fitted(self) -> bool:
+        return self._vocab is not None
+
+    @property
+    def vocab(self) -> list[str]:
+        """The words by id (a copy): ``vocab[0] == "<pad>"``, ``vocab[1] == "<unk>"``."""
+        return list(self._vocab) if self._vocab is not None else [PAD, UNK]
+
+    def __len__(self) -> int:
+        """The vocabulary size with ``<pad>`` and ``<unk>``: the encoder's embedding rows."""
+        return len(self._vocab) if self._vocab is not None else 2
+
+    def __repr__(self) -> str:
+        size = len(self) if self.fitted else "unfitted"
+        return (f"WordTokenizer(vocab={size}, max_vocab={self.max_vocab}, "
+                f"max_length={self.max_length}, lowercase={self.lowercase})")
+
+    def _set_vocab(self, vocab: list[str]) -> None:
+        self._vocab = vocab
+        self._ids = {word: i for i, word in enumerate(vocab)}
+
+    def _require_fitted(self) -> dict[str, int]:
+        if self._vocab is None:
+            raise MtlzooError("the WordTokenizer has no vocabulary yet: call fit(texts) first")
+        return self._ids
+
+    # ---- persistence
+
+    def state_dict(self) -> dict:
+        """Plain types only (str, int, bool, list): safe for ``torch.load(weights_only=True)``."""
+        self._require_fitted()
+        return {
+            "kind": _STATE_KIND,
+            "version": _STATE_VERSION,
+            "max_vocab": self.max_vocab,
+            "max_length": self.max_length,
+            "lowercase": self.lowercase,
+            "vocab": list(self._vocab),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping) -> WordTokenizer:
+        """The tokenizer ``state_dict()`` described."""
+        if not isinstance(state, Mapping) or state.get("kind") != _STATE_KIND:
+            raise MtlzooError("not a WordTokenizer state_dict (missing kind "
+                              f"{_STATE_KIND!r}): {_preview(state)}")
+        if state.get("version") != _STATE_VERSION:
+            raise MtlzooError(
+                f"WordTokenizer state version {state.get('version')!r} is not supported "
+                f"(this mtlzoo reads version {_STATE_VERSION})"
+            )
+        missing = [k for k in ("max_vocab", "max_length", "lowercase", "vocab") if k not in state]
+        if missing:
+            raise MtlzooError(f"WordTokenizer state_dict lacks {missing}")
+        tokenizer = cls(state["max_vocab"], state["max_length"], state["lowercase"])
+        vocab = state["vocab"]
+        if (
+            not isinstance(vocab, (list, tuple))
+            or len(vocab) < 2
+            or list(vocab[:2]) != [PAD, UNK]
+            or not all(isinstance(word, str) for word in vocab)
+            or len(set(vocab)) != len(vocab)
+        ):
+            raise MtlzooError(
+                f"WordTokenizer vocab must be a list of distinct str starting with {PAD!r}, "
+                f"{UNK!r}; got {_preview(vocab)}"
+            )
+        tokenizer._set_vocab(list(vocab))
+        return tokenizer
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``state_dict()`` as UTF-8 JSON."""
+        Path(path).write_text(json.dumps(self.state_dict(), ensure_ascii=False), "utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> WordTokenizer:
+        """Read a tokenizer ``save`` wrote."""
+        try:
+            state = json.loads(Path(path).read_text("utf-8"))
+        except (OSError, ValueError) as error:
+            raise MtlzooError(f"cannot read a WordTokenizer from {os.fspath(path)!r}: {error}"
+                              ) from error
+        return cls.from_state_dict(state)
+
+    def fingerprint(self) -> str:
+        """A hash of the settings and vocabulary (names cached tokenised datasets)."""
+        blob = json.dumps(self.state_dict(), ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _texts(texts, caller: str):
+    if isinstance(texts, (str, bytes)):
+        raise MtlzooError(f"{caller} takes a list of texts, got one {type(texts).__name__}; "
+                          "wrap it in a list")
+    if not isinstance(texts, Iterable):
+        raise MtlzooError(f"{caller} takes an iterable of str, got {type(texts).__name__}")
+    return texts
+
+
+def _preview(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], *, pad_id: int = 0,
+              length: int | None = None, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Right-pad lists of ids into an ``(n, L)`` tensor; ``L`` is ``length`` or the longest
+    row. A row longer than ``length`` is an error (truncate when encoding). Usable as a
+    ``DataLoader`` collate step for unpadded ids."""
+    import numpy as np
+
+    rows = [row if isinstance(row, list) else list(row) for row in sequences]
+    longest = max((len(row) for row in rows), default=0)
+    if length is None:
+        length = longest
+    else:
+        _checks.non_negative_int("length", length)
+        if longest > length:
+            raise MtlzooError(f"a row of {longest} ids does not fit length={length}")
+    return torch.from_numpy(_pad_array(rows, length, pad_id, np.int64)).to(dtype)
+
+
+def _pad_array(rows: list[list[int]], length: int, pad_id: int, dtype):
+    import numpy as np
+
+    out = np.full((len(rows), length), pad_id, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def tokenize_dataset(data, tokenizer: WordTokenizer, *, max_length: int | None = None,
+                     batch_size: int = 1000, keep_text: bool = False):
+    """Add an ``input_ids`` column to every split of a ``DatasetDict`` (or to a
+    ``Dataset``): each row's ids truncated to ``max_length`` (default
+    ``tokenizer.max_length``) and right-padded with 0 to exactly that length, stored as
+    int32 (``with_format("torch")`` returns int64 batches of shape ``(b, max_length)``).
+
+    The ``text`` column is removed unless ``keep_text`` (strings in every batch cost time
+    and are not tensors); other columns such as ``label`` stay. One fitted tokenizer can
+    serve datasets of different lengths through ``max_length``. Results are cached by
+    ``datasets`` under a fingerprint of the data, the tokenizer and the options.
+    """
+    import datasets
+    import numpy as np
+
+    if not isinstance(tokenizer, WordTokenizer):
+        raise MtlzooError(f"tokenizer must be a WordTokenizer, got {type(tokenizer).__name__}")
+    tokenizer._require_fitted()
+    length = tokenizer.max_length if max_length is None else _checks.positive_int(
+        "max_length", max_length
+    )
+    _checks.positive_int("batch_size", batch_size)
+    single = type(data).__name__ == "Dataset"
+    splits = _splits(data, "tokenize_dataset")
+    key = tokenizer.fingerprint()
+    pad = tokenizer.pad_id
+    list_type = getattr(datasets, "List", None) or datasets.Sequence
+    ids_feature = list_type(datasets.Value("int32"), length=length)
+
+    def add_ids(texts):
+        rows = tokenizer.encode_ids(texts, max_length=length)
+        return {"input_ids": _pad_array(rows, length, pad, np.int32)}
+
+    out = {}
+    for split, dataset in splits.items():
+        if "text" not in dataset.column_names:
+            raise MtlzooError(
+                f"split {split!r} has no 'text' column (columns: {dataset.column_names})"
+            )
+        features = dataset.features.copy()
+        if not keep_text:
+            del features["text"]
+        features["input_ids"] = ids_feature
+        source = getattr(dataset, "_fingerprint", None)
+        fingerprint = None if source is None else hashlib.sha256(
+            f"mtlzoo-tokenize-v1|{source}|{key}|{length}|{keep_text}".encode()
+        ).hexdigest()[:16]
+        out[split] = dataset.map(
+            add_ids,
+            batched=True,
+            batch_size=batch_size,
+            input_columns="text",
+            remove_columns=None if keep_text else ["text"],
+            features=features,
+            new_fingerprint=fingerprint,
+            desc=f"Tokenizing {split}",
+        )
+    return out["data"] if single else datasets.DatasetDict(out)
