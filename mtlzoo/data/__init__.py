@@ -3,6 +3,7 @@
 ``datasets`` and ``pandas`` load lazily, inside the functions that read data.
 """
 
+from mtlzoo.data.census_income import CensusIncome, census_income
 from mtlzoo.data.synthetic import synthetic_tasks
 from mtlzoo.data.text import (
     NUM_CLASSES,
@@ -15,7 +16,9 @@ from mtlzoo.data.text import (
 
 __all__ = [
     "NUM_CLASSES",
+    "CensusIncome",
     "WordTokenizer",
+    "census_income",
     "num_classes",
     "pad_batch",
     "synthetic_tasks",
