@@ -12,6 +12,7 @@ IN_FEATURES = 12
 # small but non-trivial settings: two-layer experts and towers, several levels
 SMALL_OPTIONS = {
     "shared_bottom": {"bottom_dims": (10, 8)},
+    "single_task": {"hidden_dims": (10, 8)},
     "cross_stitch": {"column_dims": (10, 8)},
     "mmoe": {"num_experts": 5, "expert_dims": (10, 8)},
     "omoe": {"num_experts": 5, "expert_dims": (10, 8)},

@@ -158,3 +158,33 @@ def test_ple_without_shared_or_task_experts_trains_every_parameter(n_shared, n_o
     sum(logits.pow(2).sum() for logits in out.logits.values()).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, name
+
+
+def test_single_task_columns_are_independent_networks():
+    model = create("single_task", hidden_dims=(9, 7))
+    x = torch.randn(8, IN_FEATURES)
+    columns = []
+    for t in range(len(mixed_tasks())):
+        h = x
+        for layer in model.networks.layers:
+            h = torch.relu(h @ layer.weight[t] + layer.bias[t])
+        columns.append(h)
+    expected = model.heads(torch.stack(columns, dim=1))
+    for name, logits in model(x).logits.items():
+        torch.testing.assert_close(logits, expected[name], rtol=0, atol=ATOL)
+    model(x).logits["topic"].sum().backward()
+    grad = model.networks.layers[0].weight.grad
+    assert grad[1].abs().sum() > 0 and torch.all(grad[0] == 0) and torch.all(grad[2] == 0)
+
+
+def test_single_task_equals_cross_stitch_with_identity_units():
+    cross = create("cross_stitch", column_dims=(9, 7))
+    with torch.no_grad():
+        for stitch in cross.stitches:
+            stitch.alpha.copy_(torch.eye(len(mixed_tasks())))
+    single = create("single_task", hidden_dims=(9, 7))
+    state = {k: v for k, v in cross.state_dict().items() if "stitches" not in k}
+    state = {k.replace("layers.0.layers.0.", "networks.layers.0.")
+              .replace("layers.1.layers.0.", "networks.layers.1."): v for k, v in state.items()}
+    single.load_state_dict(state)
+    assert_same_outputs(cross, single, torch.randn(8, IN_FEATURES))

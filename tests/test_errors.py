@@ -91,7 +91,7 @@ def test_bad_task_list(name, tasks, fragments):
 
 MOE = ("mmoe", "omoe")
 CGC_PLE = ("cgc", "ple")
-ALL = ("shared_bottom", "cross_stitch", *MOE, *CGC_PLE)
+ALL = ("shared_bottom", "single_task", "cross_stitch", *MOE, *CGC_PLE)
 
 OPTIONS = [
     *[(m, {"num_experts": 0}, ["num_experts", "0"]) for m in MOE],

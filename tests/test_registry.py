@@ -10,7 +10,7 @@ from mtlzoo._registry import _ALIASES, _MODELS
 from mtlzoo.models import MultiTaskModel, SharedBottom
 
 TASKS = (Task("click"), Task("topic", kind="multiclass", num_classes=4))
-BUILTIN = ("cgc", "cross_stitch", "mmoe", "omoe", "ple", "shared_bottom")
+BUILTIN = ("cgc", "cross_stitch", "mmoe", "omoe", "ple", "shared_bottom", "single_task")
 SCRATCH = "test_registry_scratch_model"
 
 
@@ -130,6 +130,7 @@ def test_missing_required_keyword(name, keyword):
 
 DOCUMENTED = [
     ("shared_bottom", {"bottom_dims": (16, 8)}),
+    ("single_task", {"hidden_dims": (16, 8)}),
     ("cross_stitch", {"column_dims": (16, 8)}),
     ("mmoe", {"num_experts": 3, "expert_dims": (16, 8)}),
     ("omoe", {"num_experts": 3, "expert_dims": (16, 8)}),

@@ -5,6 +5,7 @@ from mtlzoo.models.cross_stitch import CrossStitch
 from mtlzoo.models.mmoe import MMoE, OMoE
 from mtlzoo.models.ple import CGC, PLE
 from mtlzoo.models.shared_bottom import SharedBottom
+from mtlzoo.models.single_task import SingleTask
 
 __all__ = [
     "CGC",
@@ -15,4 +16,5 @@ __all__ = [
     "MultiTaskModel",
     "OMoE",
     "SharedBottom",
+    "SingleTask",
 ]
