@@ -98,6 +98,7 @@ class Trainer:
         self.step_in_epoch = 0
         self._epoch_sums: dict[str, list[float]] = {}  # task -> [loss sum, weight sum, steps]
         self._history: list[dict] = []
+        self._stopping: dict | None = None  # early stopping: column, best, epoch, state...
 
     # --- training -------------------------------------------------------------------------
 
@@ -110,20 +111,31 @@ class Trainer:
         steps: int | None = None,
         checkpoint: str | Path | None = None,
         checkpoint_every: int | None = None,
+        early_stopping: str | None = None,
+        patience: int = 3,
     ):
         """Train until ``epochs`` epochs or ``steps`` steps in all (counting those of a
         loaded checkpoint); evaluate on ``eval`` after every epoch; with ``checkpoint``,
         save there after every epoch and every ``checkpoint_every`` steps. Returns the
-        history (one row per epoch, a DataFrame)."""
+        history (one row per epoch, a DataFrame).
+
+        ``early_stopping`` names an eval column of the history (``"income/auc"``,
+        ``"y1/mse"``; its direction from ``mtlzoo.metrics.METRIC_DIRECTIONS``): training
+        stops after ``patience`` epochs without improvement, and the weights of the best
+        epoch are restored (``best_epoch``)."""
         if (epochs is None) == (steps is None):
             raise MtlzooError("give exactly one of epochs= and steps=")
         limit = _checks.positive_int("epochs" if epochs else "steps", epochs or steps)
         if checkpoint_every is not None:
             _checks.positive_int("checkpoint_every", checkpoint_every)
+        if early_stopping is not None:
+            self._start_early_stopping(early_stopping, patience, eval)
         schedule = self._schedule(train)
         per_epoch = schedule.steps_per_epoch()
 
         def done() -> bool:
+            if self._stopping is not None and self._stopping["bad_epochs"] >= patience:
+                return True
             return self.epoch >= limit if epochs else self.step >= limit
 
         while not done():
@@ -143,7 +155,45 @@ class Trainer:
                     self.save(checkpoint)
             elif checkpoint:
                 self.save(checkpoint)
+        if self._stopping is not None and self._stopping["state"] is not None:
+            self.model.load_state_dict(self._stopping["state"])
         return self.history
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch (1-based) whose weights early stopping kept, or None."""
+        return None if self._stopping is None else self._stopping["epoch"]
+
+    def _start_early_stopping(self, column: str, patience: int, eval) -> None:
+        from mtlzoo.metrics import METRIC_DIRECTIONS
+
+        _checks.positive_int("patience", patience)
+        if eval is None:
+            raise MtlzooError("early_stopping needs eval= data to measure")
+        task, _, metric = column.partition("/")
+        if task not in self.tasks or metric not in [*METRIC_DIRECTIONS, "loss"]:
+            raise MtlzooError(
+                f"early_stopping={column!r} must be '<task>/<metric>' with a task of "
+                f"{list(self.tasks)} and a metric of {[*METRIC_DIRECTIONS, 'loss']}"
+            )
+        if self._stopping is None or self._stopping["column"] != column:
+            self._stopping = {"column": column, "best": None, "epoch": None, "bad_epochs": 0,
+                              "state": None}
+        self._stopping["minimise"] = METRIC_DIRECTIONS.get(metric, "min") == "min"
+
+    def _track_best(self, row: dict) -> None:
+        stopping = self._stopping
+        value = row.get(stopping["column"])
+        best = stopping["best"]
+        better = value is not None and value == value and (  # not NaN
+            best is None or (value < best if stopping["minimise"] else value > best)
+        )
+        if better:
+            stopping.update(best=value, epoch=row["epoch"], bad_epochs=0,
+                            state={k: v.detach().clone() for k, v in
+                                   self.model.state_dict().items()})
+        else:
+            stopping["bad_epochs"] += 1
 
     def _train_step(self, step_batches: dict[str | None, Batch]) -> None:
         self.model.train()
@@ -193,6 +243,8 @@ class Trainer:
             for name, metrics in self.evaluate(eval).iterrows():
                 row.update({f"{name}/{key}": value for key, value in metrics.items()})
         self._history.append(row)
+        if self._stopping is not None:
+            self._track_best(row)
         self.epoch += 1
         self.step_in_epoch = 0
         self._epoch_sums = {}
@@ -255,6 +307,7 @@ class Trainer:
                          "step_in_epoch": self.step_in_epoch},
             "epoch_sums": self._epoch_sums,
             "history": self._history,
+            "early_stopping": self._stopping,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -296,6 +349,7 @@ class Trainer:
         self.step_in_epoch = position["step_in_epoch"]
         self._epoch_sums = state["epoch_sums"]
         self._history = state["history"]
+        self._stopping = state["early_stopping"]
 
     # --- data -----------------------------------------------------------------------------
 

@@ -285,3 +285,22 @@ def test_loading_into_another_setup_is_refused(tmp_path):
         trainer(model(tasks=TWO)).load(path)
     with pytest.raises(MtlzooError, match="no checkpoint"):
         trainer().load(tmp_path / "missing.pt")
+
+
+def test_early_stopping_restores_the_best_epoch():
+    data, held_out = joint_data(256), joint_data(128, seed=5)
+    t = trainer(lr=5e-2)
+    history = t.fit(data, eval=held_out, epochs=30, early_stopping="price/mse", patience=2)
+    best = int(history["price/mse"].idxmin()) + 1
+    assert t.best_epoch == best
+    assert len(history) == min(30, best + 2)  # stopped after 2 epochs without improvement
+    assert t.evaluate(held_out).loc["price", "mse"] == pytest.approx(
+        history["price/mse"].min(), rel=1e-6
+    )
+
+
+def test_early_stopping_needs_eval_data_and_a_known_column():
+    with pytest.raises(MtlzooError, match="eval="):
+        trainer().fit(joint_data(64), epochs=1, early_stopping="price/mse")
+    with pytest.raises(MtlzooError, match="'prise/mse'"):
+        trainer().fit(joint_data(64), eval=joint_data(64), epochs=1, early_stopping="prise/mse")
