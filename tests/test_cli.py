@@ -36,20 +36,57 @@ def test_train_writes_a_checkpoint(tmp_path):
     assert torch.load(path, weights_only=True)["position"]["epoch"] == 1
 
 
-def test_demo_trains_every_model(capsys):
-    assert cli.main(["demo", "--rows", "300", "--epochs", "1", "--quiet"]) == 0
+def test_demo_runs_the_synthetic_suite_and_points_at_its_files(capsys, tmp_path, monkeypatch):
+    from mtlzoo.bench import quality
+
+    monkeypatch.setitem(quality.SYNTHETIC_SIZES, "demo",
+                        quality.SyntheticSize(rows=300, epochs=1, seeds=1))
+    assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     for name in mtlzoo.list_models():
-        assert re.search(rf"^\s*{name}\s+\d+\s", out, re.MULTILINE), name
-    assert "y1 mse" in out and "y2 r2" in out
+        assert re.search(rf"^{name}\s+\d", out, re.MULTILINE), name
+    assert "claims, checked" in out and str(tmp_path / "quality_synthetic_demo.md") in out
+    assert (tmp_path / "quality_synthetic_demo.png").stat().st_size > 0
 
 
-def test_speed_prints_one_row_per_model(capsys):
-    assert cli.main(["speed", "--batch-size", "8", "--in-features", "6", "--repeats", "1"]) == 0
+def test_bench_quality_synthetic_resumes_from_the_rows_written(tmp_path, capsys):
+    argv = ["bench", "quality", "--suite", "synthetic", "--rows", "300", "--epochs", "1",
+            "--seeds", "1", "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    runs = tmp_path / "quality_synthetic_custom_runs.csv"
+    lines = runs.read_text().splitlines()
+    assert len(lines) == 1 + 4 * len(mtlzoo.list_models())  # header + points
+    runs.write_text("\n".join(lines[:-3]) + "\n")  # as if interrupted 3 points short
+    assert cli.main(argv) == 0
+    assert runs.read_text().splitlines()[:-3] == lines[:-3]
+    assert len(runs.read_text().splitlines()) == len(lines)
+    report = (tmp_path / "quality_synthetic_custom.md").read_text()
+    assert "Command: `mtlzoo bench quality --suite synthetic" in report
+    assert "torch " in report and "MMoE <= OMoE <= shared-bottom" in report
+
+
+def test_bench_quality_census_on_small_files(tmp_path, capsys):
+    from tests.test_census_income import write_pair
+
+    write_pair(tmp_path / "census")
+    argv = ["bench", "quality", "--suite", "census", "--size", "demo", "--census-path",
+            str(tmp_path / "census"), "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    table = pd.read_csv(tmp_path / "quality_census_demo.csv")
+    assert len(table) == 2 * len(mtlzoo.list_models())
+    assert {"main_best", "MMoE Table 1 main", "MMoE Table 1 main diff"} <= set(table.columns)
+    mmoe = table[(table.model == "mmoe") & (table.task_group == 1)].iloc[0]
+    assert mmoe["MMoE Table 1 main"] == 0.9410
+    assert mmoe["MMoE Table 1 main diff"] == pytest.approx(mmoe.main_best - 0.9410)
+
+
+def test_bench_speed_writes_its_table(tmp_path, capsys):
+    argv = ["bench", "speed", "--batch-size", "8", "--repeats", "1", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     for name in mtlzoo.list_models():
-        assert re.search(rf"^\s*{name}\s+\d+\s", out, re.MULTILINE), name
-    assert "speedup" in out and "fraction_of_matmul" in out
+        assert re.search(rf"^\s*{name}\s+\d+\s+\d+\s", out, re.MULTILINE), name
+    assert "fraction_of_matmul" in (tmp_path / "bench_speed_cpu.md").read_text()
 
 
 def test_compare_with_loop_reports_ratios_and_flops():

@@ -140,6 +140,38 @@ def registered_models(
     ]
 
 
+def every_model_grid(
+    settings: Iterable[tuple[int, int]] = ((8, 2), (64, 8)),
+    in_features: int = 128,
+    width: int = 64,
+) -> list[tuple[dict, nn.Module]]:
+    """Every registered architecture at each (E, T): E experts per level for the gated
+    families (CGC/PLE: half shared, the rest split over the tasks), width-64 layers and
+    binary tasks for all."""
+    models = []
+    torch.manual_seed(0)
+    for num_experts, num_tasks in settings:
+        tasks = [mtlzoo.Task(f"task{t}") for t in range(num_tasks)]
+        own = max(1, num_experts // (2 * num_tasks))
+        shared = max(1, num_experts - num_tasks * own)
+        per_family = {
+            "mmoe": {"num_experts": num_experts, "expert_dims": (width,)},
+            "omoe": {"num_experts": num_experts, "expert_dims": (width,)},
+            "cgc": {"num_task_experts": own, "num_shared_experts": shared,
+                    "expert_dims": (width,)},
+            "shared_bottom": {"bottom_dims": (width,)},
+            "single_task": {"hidden_dims": (width,)},
+            "cross_stitch": {"column_dims": (width,)},
+        }
+        per_family["ple"] = per_family["cgc"]
+        for name in mtlzoo.list_models():
+            options = per_family.get(name, {})
+            model = mtlzoo.create_model(name, in_features=in_features, tasks=tasks,
+                                        tower_dims=(32,), **options)
+            models.append(({"model": name, "E": num_experts, "T": num_tasks}, model))
+    return models
+
+
 def expert_grid(
     experts: Iterable[int] = (8, 64),
     tasks: Iterable[int] = (2, 8),
@@ -170,10 +202,13 @@ def expert_grid(
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-flavoured Markdown table (pandas' own needs the optional tabulate)."""
+    """A GitHub-flavoured Markdown table (pandas' own needs the optional tabulate); NaN
+    shows as an empty cell."""
 
     def cell(value: object) -> str:
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return "" if value != value else f"{value:.{digits}f}"
+        return str(value)
 
     lines = ["| " + " | ".join(map(str, table.columns)) + " |",
              "|" + "---|" * len(table.columns)]

@@ -1,0 +1,278 @@
+"""Quality suites: the architectures compared on the same data, beside the papers' numbers.
+
+``synthetic``: MMoE Fig. 4 / PLE Fig. 7. Two regression tasks from the MMoE generator with
+the PLE constants (``mtlzoo.data.synthetic_tasks``) at correlations 0.2, 0.5, 0.9, 1.0;
+every architecture and the single-task baseline, several seeds; test MSE per task, the MTL
+gain over single-task, and the spread over seeds.
+
+``census``: MMoE Tables 1-2, PLE Table 5. UCI Census-Income, both task groups, AUC of the
+test split at the epoch of best validation AUC of the main task (early stopping), best and
+mean over seeds, the papers' rows beside ours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import mtlzoo
+from mtlzoo.bench.grid import run_grid, stamp
+from mtlzoo.bench.speed import markdown_table
+
+RESULTS = Path("benchmarks") / "results"
+MODELS = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "cross_stitch")
+
+# MMoE section 5.1: 8 experts of one 16-unit layer, towers of 8, a 113-unit shared bottom
+# (about the experts' parameter count); CGC/PLE split the 8 experts as 4 shared + 2 per task.
+MODEL_OPTIONS = {
+    "single_task": {"hidden_dims": (113,)},
+    "shared_bottom": {"bottom_dims": (113,)},
+    "omoe": {"num_experts": 8, "expert_dims": (16,)},
+    "mmoe": {"num_experts": 8, "expert_dims": (16,)},
+    "cgc": {"num_shared_experts": 4, "num_task_experts": 2, "expert_dims": (16,)},
+    "ple": {"num_levels": 2, "num_shared_experts": 4, "num_task_experts": 2,
+            "expert_dims": (16,)},
+    "cross_stitch": {"column_dims": (56,)},
+}
+
+
+@dataclass(frozen=True)
+class SyntheticSize:
+    rows: int  # per correlation and seed: 80% train, 10% validation, 10% test
+    epochs: int
+    seeds: int
+    batch_size: int = 256
+
+
+SYNTHETIC_SIZES = {
+    "demo": SyntheticSize(rows=8_000, epochs=10, seeds=5),
+    "full": SyntheticSize(rows=100_000, epochs=10, seeds=5),
+}
+CORRELATIONS = (0.2, 0.5, 0.9, 1.0)
+
+
+@cache
+def _synthetic_data(rows: int, correlation: float, seed: int):
+    from mtlzoo.data import synthetic_tasks
+
+    return synthetic_tasks(rows, correlation, seed=seed,
+                           splits={"train": 0.8, "validation": 0.1, "test": 0.1})
+
+
+def synthetic(size: str = "demo", out: Path = RESULTS, progress: bool = True,
+              argv: list[str] | None = None, **overrides) -> pd.DataFrame:
+    """Run (or resume) the synthetic suite; write its tables and figure; return the summary.
+
+    ``overrides`` (``rows``, ``epochs``, ``seeds``) change the size for a quick look; the
+    files are then named ``custom``."""
+    spec = SYNTHETIC_SIZES[size]
+    if any(value is not None for value in overrides.values()):
+        size = "custom"
+        spec = SyntheticSize(**{**spec.__dict__,
+                                **{k: v for k, v in overrides.items() if v is not None}})
+    points = [
+        {"model": model, "correlation": p, "seed": seed}
+        for p in CORRELATIONS for seed in range(spec.seeds) for model in MODELS
+    ]
+    tasks = [mtlzoo.Task("y1", kind="regression"), mtlzoo.Task("y2", kind="regression")]
+
+    def run(point: dict) -> dict:
+        data = _synthetic_data(spec.rows, point["correlation"], point["seed"])
+        torch.manual_seed(point["seed"])
+        model = mtlzoo.create_model(point["model"], in_features=512, tasks=tasks,
+                                    tower_dims=(8,), **MODEL_OPTIONS[point["model"]])
+        trainer = mtlzoo.Trainer(model, lr=1e-3, batch_size=spec.batch_size,
+                                 seed=point["seed"], progress=False)
+        start = time.perf_counter()
+        trainer.fit(data["train"], epochs=spec.epochs)
+        test = trainer.evaluate(data["test"])
+        return {"y1_mse": test.loc["y1", "mse"], "y2_mse": test.loc["y2", "mse"],
+                "train_s": time.perf_counter() - start}
+
+    stem = out / f"quality_synthetic_{size}"
+    runs = run_grid(points, run, stem.with_name(stem.name + "_runs.csv"), progress=progress,
+                    description=f"synthetic ({size})")
+    summary, claims = summarise_synthetic(runs)
+    summary.to_csv(stem.with_suffix(".csv"), index=False)
+    figure = _synthetic_figure(summary, stem.with_suffix(".png"))
+    lines = [
+        f"# Synthetic tasks: test MSE by correlation ({size})", "", stamp(argv), "",
+        f"MMoE generator with the PLE constants (c = 1, m = 10, d = 512, alpha, beta ~ "
+        f"N(0, 1)); {spec.rows:,} rows per correlation and seed (the PLE paper: 1.4 million; "
+        f"scaled down for a 2-core CPU), 80/10/10 train/validation/test; {spec.seeds} seeds; "
+        f"{spec.epochs} epochs of Adam (lr 1e-3, batch {spec.batch_size}); MMoE section 5.1 "
+        "sizes (8 experts of 16 units, towers of 8, a 113-unit shared bottom). `gain_*`: "
+        "single-task MSE minus the model's (positive = MTL helps); `std`: over seeds of the "
+        "mean of the two tasks' MSE.", "",
+        markdown_table(summary, digits=4), "", "## The papers' claims, checked", "",
+        *[f"* {claim}" for claim in claims], "",
+    ]
+    if figure:
+        lines += [f"![test MSE by correlation]({figure.name})", ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    return summary
+
+
+def summarise_synthetic(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Per (model, correlation): mean test MSE per task, spread, gain over single-task; and
+    the MMoE and PLE papers' claims, each stated with what our numbers say."""
+    runs = runs.assign(mean_mse=(runs.y1_mse + runs.y2_mse) / 2)
+    grouped = runs.groupby(["model", "correlation"], sort=False)
+    summary = grouped[["y1_mse", "y2_mse", "mean_mse"]].mean()
+    summary["std"] = grouped.mean_mse.std()
+    single = summary.xs("single_task", level="model")
+    for task in ("y1", "y2"):
+        summary[f"gain_{task}"] = (
+            single[f"{task}_mse"].reindex(summary.index.get_level_values("correlation")).values
+            - summary[f"{task}_mse"].values
+        )
+    summary = summary.reset_index()
+    by_model = summary.groupby("model").mean_mse.mean()
+    claims = []
+    mmoe, omoe, bottom = by_model["mmoe"], by_model["omoe"], by_model["shared_bottom"]
+    verdict = "holds" if mmoe <= omoe <= bottom else "does NOT hold"
+    claims.append(
+        f"MMoE <= OMoE <= shared-bottom on average (MMoE Fig. 4): {verdict} here (mean test "
+        f"MSE {mmoe:.4f}, {omoe:.4f}, {bottom:.4f})."
+    )
+    pivot = summary.pivot(index="correlation", columns="model", values="mean_mse")
+    low, high = pivot.index.min(), pivot.index.max()
+    for other in ("omoe", "shared_bottom"):
+        gap_low = pivot.loc[low, other] - pivot.loc[low, "mmoe"]
+        gap_high = pivot.loc[high, other] - pivot.loc[high, "mmoe"]
+        verdict = "holds" if gap_low > gap_high else "does NOT hold"
+        claims.append(
+            f"The gap between {other} and MMoE grows as correlation falls: {verdict} here "
+            f"({gap_low:+.4f} at correlation {low}, {gap_high:+.4f} at {high})."
+        )
+    ple = summary[summary.model == "ple"]
+    positive = bool(((ple.gain_y1 > 0) & (ple.gain_y2 > 0)).all())
+    claims.append(
+        f"PLE's MTL gain is positive on both tasks at every correlation (PLE Fig. 7): "
+        f"{'holds' if positive else 'does NOT hold'} here (gains y1 "
+        f"{', '.join(f'{g:+.4f}' for g in ple.gain_y1)}; y2 "
+        f"{', '.join(f'{g:+.4f}' for g in ple.gain_y2)} at correlations "
+        f"{', '.join(str(c) for c in ple.correlation)})."
+    )
+    gains = summary.assign(gain=(summary.gain_y1 + summary.gain_y2) / 2).groupby("model").gain
+    ple_gain, mmoe_gain = gains.mean()["ple"], gains.mean()["mmoe"]
+    relative = (ple_gain / mmoe_gain - 1) * 100 if mmoe_gain > 0 else float("nan")
+    claims.append(
+        f"PLE's average MTL gain is 87.2% above MMoE's (PLE section 5.2.1): here PLE "
+        f"{ple_gain:+.4f}, MMoE {mmoe_gain:+.4f}"
+        + (f", {relative:+.1f}%." if mmoe_gain > 0 else " (MMoE's gain is not positive).")
+    )
+    return summary, claims
+
+
+def _synthetic_figure(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Mean test MSE against correlation, one line per model, bars of one std."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for model, rows in summary.groupby("model", sort=False):
+        axes.errorbar(rows.correlation, rows.mean_mse, yerr=rows["std"], label=model,
+                      marker="o", capsize=3)
+    axes.set(xlabel="task correlation", ylabel="test MSE (mean of the 2 tasks)",
+             title="Synthetic tasks: lower is better")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# MMoE Table 1 (group 1) and 2 (group 2): AUC of the main task and of marital status, best
+# run / mean of 400 runs; PLE Table 5 (group 1, one figure per task).
+CENSUS_PAPER = {
+    ("MMoE Table 1", 1): {
+        "single_task": (0.9398, 0.9337, 0.9933, 0.9922),
+        "shared_bottom": (0.9361, 0.9295, 0.9915, 0.9921),
+        "cross_stitch": (0.9406, 0.9361, 0.9917, 0.9922),
+        "omoe": (0.9387, 0.9319, 0.9928, 0.9923),
+        "mmoe": (0.9410, 0.9359, 0.9926, 0.9927),
+    },
+    ("PLE Table 5", 1): {
+        "single_task": (0.9445, None, 0.9923, None),
+        "mmoe": (0.9393, None, 0.9928, None),
+        "ple": (0.9522, None, 0.9945, None),
+    },
+}
+CENSUS_SEEDS = {"demo": 1, "full": 5}
+
+
+def census(size: str = "full", out: Path = RESULTS, path: str | None = None,
+           progress: bool = True, argv: list[str] | None = None) -> pd.DataFrame:
+    """Run (or resume) the Census-Income suite; write its tables; return the summary."""
+    from mtlzoo.data import census_income
+    from mtlzoo.encoders import TabularEncoder
+
+    load = cache(lambda group: census_income(path, task_group=group, seed=0))
+    points = [
+        {"model": model, "task_group": group, "seed": seed}
+        for group in (1, 2) for seed in range(CENSUS_SEEDS[size]) for model in MODELS
+    ]
+
+    def run(point: dict) -> dict:
+        data = load(point["task_group"])
+        main, aux = (task.name for task in data.tasks)
+        torch.manual_seed(point["seed"])
+        encoder = TabularEncoder(data.cardinalities, len(data.numeric_columns), embedding_dim=4)
+        model = mtlzoo.create_model(point["model"], tasks=data.tasks, encoder=encoder,
+                                    tower_dims=(8,), **MODEL_OPTIONS[point["model"]])
+        trainer = mtlzoo.Trainer(model, lr=1e-3, batch_size=1024, seed=point["seed"],
+                                 input_key=("categorical", "numeric"), progress=False)
+        start = time.perf_counter()
+        trainer.fit(data.splits["train"], eval=data.splits["validation"], epochs=10,
+                    early_stopping=f"{main}/auc", patience=2)
+        test = trainer.evaluate(data.splits["test"])
+        return {"main_auc": test.loc[main, "auc"], "aux_auc": test.loc[aux, "auc"],
+                "best_epoch": trainer.best_epoch, "train_s": time.perf_counter() - start}
+
+    stem = out / f"quality_census_{size}"
+    runs = run_grid(points, run, stem.with_name(stem.name + "_runs.csv"), progress=progress,
+                    description=f"census ({size})")
+    summary = summarise_census(runs)
+    summary.to_csv(stem.with_suffix(".csv"), index=False)
+    lines = [
+        f"# Census-Income: test AUC ({size})", "", stamp(argv), "",
+        "UCI Census-Income (KDD) as MMoE section 6.3 uses it (`mtlzoo.data.census_income`): "
+        "group 1 = income > 50K (main) + never married; group 2 = education at least "
+        "college (main) + never married. Adam (lr 1e-3, batch 1024), at most 10 epochs, "
+        "early stopping on the validation AUC of the main task (patience 2), the weights of "
+        f"the best epoch evaluated on the test split; {CENSUS_SEEDS[size]} seed(s). `best`: the "
+        "run with the best main-task AUC (its auxiliary AUC beside it), `mean`: over seeds. "
+        "The papers' rows (best / mean of 400 runs in MMoE) stand beside ours, with ours "
+        "minus theirs.", "",
+        markdown_table(summary, digits=4), "",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    return summary
+
+
+def summarise_census(runs: pd.DataFrame) -> pd.DataFrame:
+    """Best and mean AUC per (group, model), the papers' figures and the differences."""
+    rows = []
+    for (group, model), part in runs.groupby(["task_group", "model"], sort=False):
+        best = part.loc[part.main_auc.idxmax()]
+        row = {"task_group": group, "model": model, "seeds": len(part),
+               "main_best": best.main_auc, "main_mean": part.main_auc.mean(),
+               "aux_of_best": best.aux_auc, "aux_mean": part.aux_auc.mean()}
+        for (table, table_group), figures in CENSUS_PAPER.items():
+            if table_group == group and model in figures:
+                paper_best, _, paper_aux, _ = figures[model]
+                row[f"{table} main"] = paper_best
+                row[f"{table} main diff"] = best.main_auc - paper_best
+                row[f"{table} aux"] = paper_aux
+        rows.append(row)
+    return pd.DataFrame(rows)
