@@ -99,6 +99,9 @@ class Trainer:
         self._epoch_sums: dict[str, list[float]] = {}  # task -> [loss sum, weight sum, steps]
         self._history: list[dict] = []
         self._stopping: dict | None = None  # early stopping: column, best, epoch, state...
+        self._representations: list[Tensor] = []  # the encoder's outputs in this step
+        if model.encoder is not None:
+            model.encoder.register_forward_hook(self._keep_representation)
 
     # --- training -------------------------------------------------------------------------
 
@@ -195,8 +198,13 @@ class Trainer:
         else:
             stopping["bad_epochs"] += 1
 
+    def _keep_representation(self, module: nn.Module, args, output: Tensor) -> None:
+        if module.training:  # training forward passes only, not evaluation
+            self._representations.append(output)
+
     def _train_step(self, step_batches: dict[str | None, Batch]) -> None:
         self.model.train()
+        self._representations.clear()
         losses: dict[str, Tensor] = {}
         aux = None
         for task_name, batch in step_batches.items():
@@ -219,9 +227,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if aux is not None and aux.requires_grad:
             aux.backward(retain_graph=True)
+        one_pass = len(self._representations) == 1  # MGDA-UB needs one shared Z a step
         weights = self.weighting.backward(
-            losses, self.model.shared_parameters(), self.model.task_parameters()
+            losses, self.model.shared_parameters(), self.model.task_parameters(),
+            self._representations[0] if one_pass else None,
         )
+        self._representations.clear()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()

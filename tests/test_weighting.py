@@ -650,3 +650,48 @@ def test_stateful_methods_checkpoint_their_state():
     assert "_extra_state" in make("pcgrad").state_dict()
     assert isinstance(make("dwa"), DWA) and isinstance(make("rlw"), RLW)
     assert isinstance(make("gradnorm"), GradNorm)
+
+
+def test_mgda_upper_bound_weights_the_gradients_at_the_representation():
+    """MGDA-UB: the min-norm point of the task gradients w.r.t. Z, then sum alpha_t L_t."""
+    torch.manual_seed(0)
+    weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    z = x @ weight  # the shared representation (5, 4)
+    a, b = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    losses = {"a": (z @ a).sum(), "b": (z @ b).square().sum()}
+    g1 = a.expand(5, 4).reshape(-1)
+    g2 = (2 * (z @ b)[:, None] * b).reshape(-1).detach()
+    alpha1 = torch.clamp(((g2 - g1) @ g2) / (g1 - g2).square().sum(), 0, 1)
+    mgda = mtlzoo.create_weighting("mgda", ["a", "b"])
+    got = mgda.backward(losses, [weight], [], representation=z)
+    torch.testing.assert_close(got, torch.stack([alpha1, 1 - alpha1]))
+    expected = torch.autograd.grad(
+        alpha1 * (x @ weight @ a).sum() + (1 - alpha1) * (x @ weight @ b).square().sum(), weight
+    )[0]
+    torch.testing.assert_close(weight.grad, expected)
+
+
+def test_the_trainer_hands_mgda_the_encoder_output_in_the_joint_regime(monkeypatch):
+    from mtlzoo.weighting import MGDA
+
+    seen = []
+    backward = MGDA.backward
+
+    def spy(self, losses, shared, specific, representation=None):
+        seen.append(None if representation is None else tuple(representation.shape))
+        return backward(self, losses, shared, specific, representation)
+
+    monkeypatch.setattr(MGDA, "backward", spy)
+    tasks = [mtlzoo.Task("a"), mtlzoo.Task("b")]
+    x = torch.randn(32, 6)
+    labels = {"a": (x[:, 0] > 0).long(), "b": (x[:, 1] > 0).long()}
+    for encoder, data in (
+        (torch.nn.Linear(6, 6), {"x": x, **labels}),  # joint: one forward, Z handed over
+        (None, {"x": x, **labels}),  # no encoder: no Z
+        (torch.nn.Linear(6, 6), {name: {"x": x, "label": y} for name, y in labels.items()}),
+    ):
+        model = mtlzoo.create_model("mmoe", in_features=6, tasks=tasks, encoder=encoder)
+        trainer = mtlzoo.Trainer(model, weighting="mgda", batch_size=32, progress=False)
+        trainer.fit(data, eval=data, steps=1)
+    assert seen == [(32, 6), None, None]  # per-task regime: two forwards, no single Z

@@ -17,9 +17,11 @@ from mtlzoo.errors import MtlzooError, suggest
 class Weighting(nn.Module):
     """Turns per-task losses into one update of the model's gradients.
 
-    The trainer calls, every step, ``backward(losses, shared, specific)`` with the losses of
-    the tasks present in the step (a task with no labelled row is left out), the model's
-    shared parameters and its task-specific ones (the heads). It must leave the gradient of
+    The trainer calls, every step, ``backward(losses, shared, specific, representation)``
+    with the losses of the tasks present in the step (a task with no labelled row is left
+    out), the model's shared parameters, its task-specific ones (the heads), and the
+    encoder's output when the model has an encoder and the step made one forward pass
+    (None otherwise; MGDA-UB reads it). It must leave the gradient of
     the update in ``.grad`` of every parameter that has one (accumulating, as
     ``Tensor.backward`` does) and return the weights it applied, one per task in ``losses``.
     Learnable state (``nn.Parameter``) is optimised by the trainer's optimizer together with
@@ -33,7 +35,11 @@ class Weighting(nn.Module):
         self.task_names = tuple(task_names)
 
     def backward(
-        self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
+        self,
+        losses: dict[str, Tensor],
+        shared: Sequence[Tensor],
+        specific: Sequence[Tensor],
+        representation: Tensor | None = None,
     ) -> Tensor:
         raise NotImplementedError
 
@@ -56,7 +62,11 @@ class LossWeighting(Weighting):
         return (weights * torch.stack(list(losses.values()))).sum()
 
     def backward(
-        self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
+        self,
+        losses: dict[str, Tensor],
+        shared: Sequence[Tensor],
+        specific: Sequence[Tensor],
+        representation: Tensor | None = None,
     ) -> Tensor:
         weights = self.weights(losses)  # drawn once: the weights applied are those returned
         self.total(losses, weights).backward()
@@ -77,7 +87,11 @@ class GradientWeighting(Weighting):
         raise NotImplementedError
 
     def backward(
-        self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
+        self,
+        losses: dict[str, Tensor],
+        shared: Sequence[Tensor],
+        specific: Sequence[Tensor],
+        representation: Tensor | None = None,
     ) -> Tensor:
         from mtlzoo.weighting.gradients import accumulate_flat, task_gradients
 

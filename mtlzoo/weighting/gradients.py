@@ -14,7 +14,11 @@ from torch import Tensor
 
 
 def task_gradients(
-    losses: Tensor, shared: Sequence[Tensor], specific: Sequence[Tensor] = ()
+    losses: Tensor,
+    shared: Sequence[Tensor],
+    specific: Sequence[Tensor] = (),
+    *,
+    retain_graph: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The Jacobian of ``losses`` (t,) w.r.t. the parameters, one row per task.
 
@@ -26,7 +30,7 @@ def task_gradients(
     eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
     grads = torch.autograd.grad(
         losses, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True,
-        materialize_grads=True,
+        materialize_grads=True, retain_graph=retain_graph,
     )
     flat = [g.reshape(len(losses), -1) for g in grads]
     empty = losses.new_zeros(len(losses), 0)

@@ -48,7 +48,11 @@ class GradNorm(GradientWeighting):
         self.register_buffer("initial_losses", torch.full((len(self.task_names),), torch.nan))
 
     def backward(
-        self, losses: dict[str, Tensor], shared: Sequence[Tensor], specific: Sequence[Tensor]
+        self,
+        losses: dict[str, Tensor],
+        shared: Sequence[Tensor],
+        specific: Sequence[Tensor],
+        representation: Tensor | None = None,
     ) -> Tensor:
         index = task_index(self.task_names, list(losses))
         values = torch.stack(list(losses.values()))

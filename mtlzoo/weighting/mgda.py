@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from mtlzoo.errors import MtlzooError
-from mtlzoo.weighting.base import GradientWeighting
-from mtlzoo.weighting.gradients import gram_matrix, min_norm_weights
+from mtlzoo.weighting.base import GradientWeighting, task_index
+from mtlzoo.weighting.gradients import gram_matrix, min_norm_weights, task_gradients
 from mtlzoo.weighting.registry import register_weighting
 
 NORMALISATIONS = ("none", "l2", "loss", "loss+")
@@ -37,17 +37,45 @@ class MGDA(GradientWeighting):
     (sum 1). Solved with the exact two-task closed form and Frank-Wolfe beyond
     (``gradients.min_norm_weights``); one task gives ``alpha = [1]``.
 
-    This is the exact per-parameter MGDA: the MGDA-UB upper bound (gradients w.r.t. a shared
-    representation, one backward) is not used.
+    MGDA-UB (``upper_bound=True``, the default, the paper's efficient form): where the
+    trainer hands over the shared representation ``Z`` (the encoder's output, for a model
+    with an encoder trained on one batch a step), ``g_t`` are the gradients of ``L_t``
+    w.r.t. ``Z`` instead, one cheap backward to ``Z`` batched over the tasks, and the update
+    is the ordinary backward of ``sum_t alpha_t L_t`` (so every parameter, shared or not,
+    gets the alpha-weighted gradient). Without ``Z`` (no encoder, an encoder without
+    parameters, or one dataset per task with several forward passes a step), or with
+    ``upper_bound=False``, ``g_t`` are the exact per-task gradients of the shared parameters.
     """
 
-    def __init__(self, task_names: Sequence[str], *, normalisation: str = "none") -> None:
+    def __init__(
+        self, task_names: Sequence[str], *, normalisation: str = "none",
+        upper_bound: bool = True,
+    ) -> None:
         super().__init__(task_names)
         if normalisation not in NORMALISATIONS:
             raise MtlzooError(
                 f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
             )
-        self.normalisation = normalisation
+        if not isinstance(upper_bound, bool):
+            raise MtlzooError(f"upper_bound must be True or False, got {upper_bound!r}")
+        self.normalisation, self.upper_bound = normalisation, upper_bound
+
+    def backward(
+        self,
+        losses: dict[str, Tensor],
+        shared: Sequence[Tensor],
+        specific: Sequence[Tensor],
+        representation: Tensor | None = None,
+    ) -> Tensor:
+        if not self.upper_bound or representation is None or not representation.requires_grad:
+            return super().backward(losses, shared, specific)
+        task_index(self.task_names, list(losses))  # names checked, at least one
+        values = torch.stack(list(losses.values()))
+        # (t, b*d): one backward to Z batched over the tasks; the graph is kept for the update
+        grads, _ = task_gradients(values, [representation], retain_graph=True)
+        _, alpha = self.combine(grads, values.detach())
+        (alpha.detach() * values).sum().backward()
+        return alpha.detach()
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         gram = gram_matrix(grads)
