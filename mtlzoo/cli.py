@@ -17,6 +17,10 @@ import mtlzoo
 
 DATA = ("synthetic",)
 RECIPES = ("imdb-agnews",)
+OUT_HELP = (
+    "where results go (default ./results; a grid resumes from the rows already there; "
+    "--out benchmarks/results updates the committed tables)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="the synthetic quality suite at demo size (a few minutes on 2 cores)"
     )
-    demo.add_argument("--out", default="benchmarks/results", help="where results go")
+    demo.add_argument("--out", default="results", help="where results go (default ./results)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
     bench = commands.add_parser("bench", help="benchmark suites; results as CSV and Markdown")
@@ -51,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     quality.add_argument("--epochs", type=int, help="synthetic: epochs (quick looks)")
     quality.add_argument("--seeds", type=int, help="synthetic: seeds (quick looks)")
     quality.add_argument("--census-path", help="census: a folder with the CSV files")
-    quality.add_argument("--out", default="benchmarks/results")
+    quality.add_argument("--out", default="results", help=OUT_HELP)
     quality.add_argument("--quiet", action="store_true")
     speed = suites.add_parser(
         "speed", help="every architecture's train step against its loop version"
     )
     speed.add_argument("--batch-size", type=int, default=1024)
     speed.add_argument("--repeats", type=int, default=20)
-    speed.add_argument("--out", default="benchmarks/results")
+    speed.add_argument("--out", default="results", help=OUT_HELP)
     args = parser.parse_args(argv)
 
     if args.command == "list":

@@ -24,7 +24,7 @@ import mtlzoo
 from mtlzoo.bench.grid import run_grid, stamp
 from mtlzoo.bench.speed import markdown_table
 
-RESULTS = Path("benchmarks") / "results"
+RESULTS = Path("results")
 MODELS = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "cross_stitch")
 
 # MMoE section 5.1: 8 experts of one 16-unit layer, towers of 8, a 113-unit shared bottom
