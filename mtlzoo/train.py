@@ -13,6 +13,7 @@ The weighting (``mtlzoo.weighting``) turns the per-task losses into the update.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
@@ -222,7 +223,7 @@ class Trainer:
         values = torch.stack([loss.detach() for loss in losses.values()])
         if not torch.isfinite(values).all():
             name, value = next((n, v) for n, v in zip(losses, values.tolist(), strict=True)
-                               if not torch.isfinite(torch.tensor(v)))
+                               if not math.isfinite(v))
             raise MtlzooError(f"task {name!r}: the loss is {value} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         if aux is not None and aux.requires_grad:
