@@ -73,8 +73,7 @@ class MultiTaskModel(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every parameter outside the task heads (gradient balancing acts on these)."""
-        specific = {id(p) for p in self.heads.parameters()}
-        return [p for p in self.parameters() if id(p) not in specific]
+        return [p for name, p in self.named_parameters() if not name.startswith("heads.")]
 
     def task_parameters(self) -> list[nn.Parameter]:
         """The task heads' parameters (each slice serves one task)."""
