@@ -124,22 +124,6 @@ def machine_stamp(device: str = "cpu") -> str:
     )
 
 
-def registered_models(
-    in_features: int = 128, tasks: list[mtlzoo.Task] | None = None
-) -> list[tuple[dict, nn.Module]]:
-    """Every registered architecture with its default options, for the demo table."""
-    tasks = tasks or [
-        mtlzoo.Task("click", kind="binary"),
-        mtlzoo.Task("topic", kind="multiclass", num_classes=4),
-        mtlzoo.Task("dwell", kind="regression"),
-    ]
-    torch.manual_seed(0)
-    return [
-        ({"model": name}, mtlzoo.create_model(name, in_features=in_features, tasks=tasks))
-        for name in mtlzoo.list_models()
-    ]
-
-
 def every_model_grid(
     settings: Iterable[tuple[int, int]] = ((8, 2), (64, 8)),
     in_features: int = 128,
