@@ -4,13 +4,14 @@
     mtlzoo train --model mmoe --data synthetic --weighting uncertainty --epochs 3
     mtlzoo train --recipe imdb-agnews [--data-dir DIR]   sentiment + topic over one BiLSTM
     mtlzoo demo                   the synthetic suite at demo size: every architecture compared
-    mtlzoo bench quality --suite synthetic|census [--size demo|full]
+    mtlzoo bench quality --suite synthetic|census [--size demo|full] [--weightings equal,dwa]
     mtlzoo bench speed            every architecture's train step against its loop version
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 import mtlzoo
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     quality.add_argument("--epochs", type=int, help="synthetic: epochs (quick looks)")
     quality.add_argument("--seeds", type=int, help="synthetic: seeds (quick looks)")
     quality.add_argument("--census-path", help="census: a folder with the CSV files")
+    quality.add_argument(
+        "--weightings", default="equal", type=_weightings,
+        help="comma-separated loss weightings, each run by every multi-task architecture "
+             "(default: equal, the papers' plain sum)",
+    )
     quality.add_argument("--out", default="results", help=OUT_HELP)
     quality.add_argument("--quiet", action="store_true")
     speed = suites.add_parser(
@@ -63,16 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--batch-size", type=int, default=1024)
     speed.add_argument("--repeats", type=int, default=20)
     speed.add_argument("--out", default="results", help=OUT_HELP)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    command = "mtlzoo " + shlex.join(argv)
 
     if args.command == "list":
         print("models:     " + " ".join(mtlzoo.list_models()))
         print("weightings: " + " ".join(mtlzoo.list_weightings()))
         return 0
     if args.command == "demo":
-        return _demo(args, argv)
+        return _demo(args, command)
     if args.command == "bench":
-        return _bench(args, argv)
+        return _bench(args, command)
     if args.recipe:
         return _recipe(args)
     if not args.model:
@@ -118,13 +126,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
+def _weightings(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in mtlzoo.list_weightings()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown weighting(s) {unknown or text!r}; choose from "
+            f"{', '.join(mtlzoo.list_weightings())}"
+        )
+    return names
+
+
+def _demo(args: argparse.Namespace, command: str) -> int:
     from pathlib import Path
 
     from mtlzoo.bench import quality
 
     out = Path(args.out)
-    summary = quality.synthetic("demo", out=out, progress=not args.quiet, argv=argv)
+    summary = quality.synthetic("demo", out=out, progress=not args.quiet, command=command)
     table = summary.pivot(index="model", columns="correlation", values=["y1_mse", "y2_mse"])
     table = table.swaplevel(axis=1).sort_index(axis=1)
     table = table.loc[[m for m in quality.MODELS if m in table.index]]
@@ -138,8 +157,10 @@ def _demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace, argv: list[str] | None) -> int:
+def _bench(args: argparse.Namespace, command: str) -> int:
     from pathlib import Path
+
+    from tqdm import tqdm
 
     from mtlzoo.bench import quality, speed
     from mtlzoo.bench.grid import stamp
@@ -147,20 +168,30 @@ def _bench(args: argparse.Namespace, argv: list[str] | None) -> int:
     out = Path(args.out)
     if args.bench == "quality":
         if args.suite == "synthetic":
-            summary = quality.synthetic(args.size, out=out, progress=not args.quiet, argv=argv,
+            summary = quality.synthetic(args.size, out=out, progress=not args.quiet,
+                                        command=command, weightings=args.weightings,
                                         rows=args.rows, epochs=args.epochs, seeds=args.seeds)
         else:
             summary = quality.census(args.size, out=out, path=args.census_path,
-                                     progress=not args.quiet, argv=argv)
+                                     progress=not args.quiet, command=command,
+                                     weightings=args.weightings)
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0
-    table = speed.compare_with_loop(speed.every_model_grid(), args.batch_size, args.repeats)
+    models = speed.every_model_grid()
+    bar = tqdm(total=len(models), desc="speed", disable=None)
+
+    def advance(line: str) -> None:
+        bar.set_postfix_str(line)
+        bar.update()
+
+    table = speed.compare_with_loop(models, args.batch_size, args.repeats, progress=advance)
+    bar.close()
     columns = ["model", "E", "T", "parameters", "ours_ms", "loop_ms", "speedup",
                "fraction_of_matmul"]
 
     markdown = "\n".join([
-        "# Every architecture: train step vs its loop version (cpu)", "", stamp(argv), "",
+        "# Every architecture: train step vs its loop version (cpu)", "", stamp(command), "",
         f"Batch {args.batch_size}, 128 features, width-64 layers, towers (32,), binary tasks; "
         "E experts per level for the gated families. `fraction_of_matmul`: our FLOP/s over a "
         f"2048x2048 fp32 matmul's ({table.matmul_gflops.iloc[0]:.0f} GFLOP/s, same run).",

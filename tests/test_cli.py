@@ -51,16 +51,17 @@ def test_demo_runs_the_synthetic_suite_and_points_at_its_files(capsys, tmp_path,
 
 def test_bench_quality_synthetic_resumes_from_the_rows_written(tmp_path, capsys):
     argv = ["bench", "quality", "--suite", "synthetic", "--rows", "300", "--epochs", "1",
-            "--seeds", "1", "--out", str(tmp_path), "--quiet"]
+            "--seeds", "1", "--weightings", "equal,dwa", "--out", str(tmp_path), "--quiet"]
     assert cli.main(argv) == 0
-    runs = tmp_path / "quality_synthetic_custom_runs.csv"
+    runs = tmp_path / "quality_synthetic_custom_300rows_1epochs_runs.csv"
     lines = runs.read_text().splitlines()
-    assert len(lines) == 1 + 4 * len(mtlzoo.list_models())  # header + points
+    # header + 4 correlations x (single-task once + every other model under both weightings)
+    assert len(lines) == 1 + 4 * (2 * len(mtlzoo.list_models()) - 1)
     runs.write_text("\n".join(lines[:-3]) + "\n")  # as if interrupted 3 points short
     assert cli.main(argv) == 0
     assert runs.read_text().splitlines()[:-3] == lines[:-3]
     assert len(runs.read_text().splitlines()) == len(lines)
-    report = (tmp_path / "quality_synthetic_custom.md").read_text()
+    report = (tmp_path / "quality_synthetic_custom_300rows_1epochs.md").read_text()
     assert "Command: `mtlzoo bench quality --suite synthetic" in report
     assert "torch " in report and "MMoE <= OMoE <= shared-bottom" in report
 
@@ -80,6 +81,9 @@ def test_bench_quality_census_on_small_files(tmp_path, capsys):
     assert mmoe["MMoE Table 1 main diff"] == pytest.approx(mmoe.main_best - 0.9410)
     assert mmoe["MMoE Table 1 main mean"] == 0.9359
     assert mmoe["MMoE Table 1 main mean diff"] == pytest.approx(mmoe.main_mean - 0.9359)
+    assert mmoe["MMoE Table 1 aux mean"] == 0.9927 and mmoe.weighting == "equal"
+    report = (tmp_path / "quality_census_demo.md").read_text()
+    assert f"Command: `mtlzoo {' '.join(argv)}`" in report
 
 
 def test_synthetic_claims_follow_the_numbers():
@@ -95,16 +99,57 @@ def test_synthetic_claims_follow_the_numbers():
             for model in MODELS:
                 mse = level[model] * (1 if model in ("single_task", "ple") else 2 - p)
                 mse += (0.3 if model == "shared_bottom" else 0.01) * (1 if seed else -1)
-                rows.append({"model": model, "correlation": p, "seed": seed,
-                             "y1_mse": mse, "y2_mse": mse})
-    summary, claims = summarise_synthetic(pd.DataFrame(rows))
+                rows.append({"model": model, "weighting": "equal", "correlation": p,
+                             "seed": seed, "y1_mse": mse, "y2_mse": mse})
+    runs = pd.DataFrame(rows)
+    summary, claims = summarise_synthetic(runs)
     assert len(summary) == len(MODELS) * len(CORRELATIONS)
     assert all("holds here" in claim for claim in claims[:5]), claims
     assert "does NOT hold" not in " ".join(claims)
+    sb = summary[(summary.model == "shared_bottom") & (summary.correlation == 0.2)].iloc[0]
+    assert sb.y1_std == pytest.approx(0.6 / 2**0.5) and sb.seeds == 2
 
-    flipped = pd.DataFrame(rows).replace({"model": {"mmoe": "omoe", "omoe": "mmoe"}})
-    _, claims = summarise_synthetic(flipped)
-    assert "does NOT hold" in claims[0]
+    # a second weighting under which MMoE and OMoE swap: its claims are checked on their own,
+    # against the same single-task baseline
+    swapped = runs[runs.model != "single_task"].assign(weighting="dwa").replace(
+        {"model": {"mmoe": "omoe", "omoe": "mmoe"}})
+    summary, claims = summarise_synthetic(pd.concat([runs, swapped]))
+    assert len(summary) == (2 * len(MODELS) - 1) * len(CORRELATIONS)
+    assert claims[0].startswith("[equal] MMoE <= OMoE") and "holds here" in claims[0]
+    dwa = [claim for claim in claims if claim.startswith("[dwa]")]
+    assert "does NOT hold" in dwa[0] and len(dwa) == len(claims) // 2
+
+
+def test_quality_grid_runs_every_weighting_and_the_baseline_once(tmp_path):
+    from mtlzoo.bench.quality import MODELS, grid_points
+
+    points = grid_points(("equal", "uncertainty"), [{"seed": 0}, {"seed": 1}])
+    assert len(points) == 2 * (1 + 2 * (len(MODELS) - 1))
+    assert {p["weighting"] for p in points if p["model"] == "single_task"} == {"equal"}
+    with pytest.raises(mtlzoo.MtlzooError, match="unknwon"):
+        grid_points(("equal", "unknwon"), [{"seed": 0}])
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "quality", "--suite", "synthetic", "--weightings", "equal,nope"])
+
+
+def test_grid_resumes_returns_only_its_points_and_refuses_other_settings(tmp_path):
+    from mtlzoo.bench.grid import run_grid, stamp
+
+    path = tmp_path / "runs.csv"
+    calls = []
+
+    def run(point):
+        calls.append(point["seed"])
+        return {"score": point["seed"] * 10}
+
+    rows = run_grid([{"seed": s} for s in range(3)], run, path, progress=False)
+    assert calls == [0, 1, 2] and list(rows.score) == [0, 10, 20]
+    rows = run_grid([{"seed": s} for s in range(2)], run, path, progress=False)
+    assert calls == [0, 1, 2] and list(rows.seed) == [0, 1]  # nothing rerun, seed 2 kept
+    assert len(pd.read_csv(path)) == 3
+    with pytest.raises(mtlzoo.MtlzooError, match="weighting"):
+        run_grid([{"seed": 0, "weighting": "equal"}], run, path, progress=False)
+    assert stamp("mtlzoo bench speed").endswith("Command: `mtlzoo bench speed`")
 
 
 def test_bench_speed_writes_its_table(tmp_path, capsys):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from mtlzoo.errors import MtlzooError
 
 
 def run_grid(
@@ -23,7 +24,9 @@ def run_grid(
 ) -> pd.DataFrame:
     """Run ``run(point)`` for every point not already in ``csv_path`` and append its row
     (the point's settings, then the results) there as soon as it is done, so an
-    interrupted grid loses at most the point it was on. Returns every row of the file."""
+    interrupted grid loses at most the point it was on. Returns the rows of ``points``
+    (rows of other points the file may hold, e.g. more seeds from an earlier run, are kept
+    in the file but left out)."""
     from tqdm import tqdm
 
     csv_path = Path(csv_path)
@@ -31,6 +34,12 @@ def run_grid(
     done = set()
     if csv_path.exists() and csv_path.stat().st_size:
         previous = pd.read_csv(csv_path)
+        missing = [key for key in keys if key not in previous.columns]
+        if missing:
+            raise MtlzooError(
+                f"{csv_path} was written by a grid without the setting(s) {missing}; move it "
+                "away (or add the column) to resume"
+            )
         done = {_key(row, keys) for row in previous[keys].to_dict("records")}
     todo = [point for point in points if _key(point, keys) not in done]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,16 +56,17 @@ def run_grid(
             writer.writerow(row)
         bar.update()
     bar.close()
-    return pd.read_csv(csv_path)
+    rows = pd.read_csv(csv_path)
+    wanted = {_key(point, keys) for point in points}
+    return rows[[_key(row, keys) in wanted for row in rows[keys].to_dict("records")]]
 
 
 def _key(row: dict, keys: list[str]) -> tuple:
     return tuple(str(row[k]) for k in keys)
 
 
-def stamp(argv: Sequence[str] | None = None) -> str:
+def stamp(command: str) -> str:
     """Date, torch version, machine and the exact command, for the head of a results file."""
-    command = " ".join(["mtlzoo", *(sys.argv[1:] if argv is None else argv)])
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()
     return (
         f"{time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} | {machine}, "
