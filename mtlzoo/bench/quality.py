@@ -120,7 +120,7 @@ def synthetic(size: str = "demo", out: Path = RESULTS, progress: bool = True,
                     description=f"synthetic ({size})")
     summary, claims = summarise_synthetic(runs)
     summary.to_csv(stem.with_suffix(".csv"), index=False)
-    figure = _synthetic_figure(summary, stem.with_suffix(".png"))
+    figure = _synthetic_figure(runs, stem.with_suffix(".png"))
     lines = [
         f"# Synthetic tasks: test MSE by correlation ({size})", "", stamp(command), "",
         f"MMoE generator with the PLE constants (c = 1, m = 10, d = 512, alpha, beta ~ "
@@ -217,9 +217,10 @@ def _synthetic_claims(summary: pd.DataFrame) -> list[str]:
     return claims
 
 
-def _synthetic_figure(summary: pd.DataFrame, path: Path) -> Path | None:
-    """Mean test MSE against correlation, one line per model (and weighting, where not
-    ``equal``), bars of one std."""
+def _synthetic_figure(runs: pd.DataFrame, path: Path) -> Path | None:
+    """Test MSE against correlation on a log scale, one line per model (and weighting, where
+    not ``equal``) through the median over seeds, every seed's run a dot beside it: a seed
+    on which a task fails stays visible without hiding the others."""
     try:
         import matplotlib
 
@@ -227,14 +228,21 @@ def _synthetic_figure(summary: pd.DataFrame, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for (model, weighting), rows in summary.groupby(["model", "weighting"], sort=False):
+    runs = runs.assign(mean_mse=(runs.y1_mse + runs.y2_mse) / 2)
+    lines = list(runs.groupby(["model", "weighting"], sort=False))
+    figure, axes = plt.subplots(figsize=(7.2, 4.6))
+    for index, ((model, weighting), rows) in enumerate(lines):
         label = model if weighting == "equal" else f"{model} ({weighting})"
-        axes.errorbar(rows.correlation, rows.mean_mse, yerr=rows["std"], label=label,
-                      marker="o", capsize=3)
-    axes.set(xlabel="task correlation", ylabel="test MSE (mean of the 2 tasks)",
-             title="Synthetic tasks: lower is better")
-    axes.legend(fontsize="small")
+        shift = (index - (len(lines) - 1) / 2) * 0.006  # side by side at each correlation
+        median = rows.groupby("correlation").mean_mse.median()
+        (line,) = axes.plot(median.index + shift, median.values, marker="o", label=label)
+        axes.scatter(rows.correlation + shift, rows.mean_mse, s=9, alpha=0.45,
+                     color=line.get_color())
+    axes.set_yscale("log")
+    axes.set(xlabel="task correlation", ylabel="test MSE, mean of the 2 tasks (log scale)",
+             title="Synthetic tasks: median over seeds (line), each seed (dots); lower is better")
+    axes.title.set_fontsize("medium")
+    axes.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
