@@ -154,8 +154,8 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     print("\nThe papers' claims, checked:" + claims.rstrip())
     figure = report.with_suffix(".png")
     print(f"\nFull tables: {report}" + (f"  figure: {figure}" if figure.exists() else ""))
-    print("Demo size is 8,000 rows; the full suites (make bench) and what they measured on "
-          "our machine: docs/results.md")
+    print(f"Demo size is {quality.SYNTHETIC_SIZES['demo'].rows:,} rows per point; the full "
+          "suites (make bench) and what they measured on our machine: docs/results.md")
     return 0
 
 
