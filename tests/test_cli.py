@@ -128,6 +128,8 @@ def test_quality_grid_runs_every_weighting_and_the_baseline_once(tmp_path):
     assert {p["weighting"] for p in points if p["model"] == "single_task"} == {"equal"}
     with pytest.raises(mtlzoo.MtlzooError, match="unknwon"):
         grid_points(("equal", "unknwon"), [{"seed": 0}])
+    with pytest.raises(mtlzoo.MtlzooError, match="weights"):
+        grid_points(("fixed",), [{"seed": 0}])
     with pytest.raises(SystemExit):
         cli.main(["bench", "quality", "--suite", "synthetic", "--weightings", "equal,nope"])
 

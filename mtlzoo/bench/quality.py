@@ -77,6 +77,8 @@ def grid_points(weightings: Sequence[str], settings: Sequence[dict]) -> list[dic
     if unknown or not weightings:
         raise MtlzooError(f"unknown weighting(s) {unknown or list(weightings)}; choose from "
                           f"{mtlzoo.list_weightings()}")
+    for name in weightings:  # one that needs options (fixed: the weights) fails here, not later
+        mtlzoo.create_weighting(name, ["task0", "task1"])
     return [
         {"model": model, "weighting": weighting, **setting}
         for setting in settings for model in MODELS
