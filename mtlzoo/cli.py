@@ -127,14 +127,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _weightings(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in mtlzoo.list_weightings()]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown weighting(s) {unknown or text!r}; choose from "
-            f"{', '.join(mtlzoo.list_weightings())}"
-        )
-    return names
+    from mtlzoo.bench.quality import check_weightings
+
+    try:
+        return check_weightings(name.strip() for name in text.split(",") if name.strip())
+    except mtlzoo.MtlzooError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _demo(args: argparse.Namespace, command: str) -> int:

@@ -69,16 +69,23 @@ def _synthetic_data(rows: int, correlation: float, seed: int):
                            splits={"train": 0.8, "validation": 0.1, "test": 0.1})
 
 
-def grid_points(weightings: Sequence[str], settings: Sequence[dict]) -> list[dict]:
-    """Every setting x every model, each model under every weighting but the single-task
-    baseline, which runs once with ``equal``; unknown weightings raise before anything runs."""
+def check_weightings(weightings: Sequence[str]) -> tuple[str, ...]:
+    """The weightings as a tuple, each known and buildable without options (``fixed`` needs
+    its weights), so that a bad name fails before a grid of hours starts."""
     weightings = tuple(weightings)
     unknown = [name for name in weightings if name not in mtlzoo.list_weightings()]
     if unknown or not weightings:
         raise MtlzooError(f"unknown weighting(s) {unknown or list(weightings)}; choose from "
                           f"{mtlzoo.list_weightings()}")
-    for name in weightings:  # one that needs options (fixed: the weights) fails here, not later
+    for name in weightings:
         mtlzoo.create_weighting(name, ["task0", "task1"])
+    return weightings
+
+
+def grid_points(weightings: Sequence[str], settings: Sequence[dict]) -> list[dict]:
+    """Every setting x every model, each model under every weighting but the single-task
+    baseline, which runs once with ``equal``."""
+    weightings = check_weightings(weightings)
     return [
         {"model": model, "weighting": weighting, **setting}
         for setting in settings for model in MODELS
