@@ -56,6 +56,18 @@ def test_joint_regime_learns_every_task():
     assert {"click/train_loss", "click/weight", "price/r2", "topic/macro_f1"} <= set(history)
 
 
+def assert_same_sgd_step(*batches: tuple[dict, int]) -> None:
+    """One SGD step from the same initial weights on each (batch, batch size) leaves the same
+    weights; in float64, so the updates compare exactly."""
+    results = []
+    for batch, size in batches:
+        t = trainer(model().double(), batch_size=size, optimizer="sgd")
+        t.fit(dict(batch, x=batch["x"].double()), steps=1)
+        results.append(t.model.state_dict())
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=0, atol=1e-12)
+
+
 def test_missing_labels_add_nothing():
     """A step on rows whose label is masked (or NaN) equals the step without those rows."""
     data = joint_data(64)
@@ -63,13 +75,7 @@ def test_missing_labels_add_nothing():
     masked = dict(data, click_mask=keep, topic_mask=keep,
                   price=torch.where(keep, data["price"], math.nan))
     dropped = {key: value[keep] for key, value in data.items()}
-    results = []
-    for batch in (masked, dropped):  # in float64 with SGD, so the updates compare exactly
-        t = trainer(model().double(), batch_size=64, optimizer="sgd")
-        t.fit(dict(batch, x=batch["x"].double()), steps=1)
-        results.append(t.model.state_dict())
-    for key in results[0]:
-        torch.testing.assert_close(results[0][key], results[1][key], rtol=0, atol=1e-12)
+    assert_same_sgd_step((masked, 64), (dropped, 64))
 
 
 def test_masked_rows_leave_the_metrics():
@@ -83,13 +89,7 @@ def test_a_row_weight_of_two_counts_the_row_twice():
     data = joint_data(32)
     weighted = dict(data, weight=torch.ones(32).index_fill(0, torch.tensor([5]), 2.0))
     doubled = {key: torch.cat([value, value[5:6]]) for key, value in data.items()}
-    results = []
-    for batch, size in ((weighted, 32), (doubled, 33)):
-        t = trainer(model().double(), batch_size=size, optimizer="sgd")
-        t.fit(dict(batch, x=batch["x"].double()), steps=1)
-        results.append(t.model.state_dict())
-    for key in results[0]:
-        torch.testing.assert_close(results[0][key], results[1][key], rtol=0, atol=1e-12)
+    assert_same_sgd_step((weighted, 32), (doubled, 33))
 
 
 def test_trains_from_a_datasets_dataset_and_a_dataloader():
