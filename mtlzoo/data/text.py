@@ -50,6 +50,8 @@ _UNLABELLED_SPLITS = {"imdb": ("unsupervised",)}
 _FORMATS = {".parquet": "parquet", ".csv": "csv"}
 _DIR_SPLITS = ("train", "validation", "test")
 _REQUIRED_DIR_SPLITS = ("train", "test")
+# the split names datasets accepts (its naming._split_re)
+_SPLIT_NAME = re.compile(r"\w+(\.\w+)*")
 
 
 def text_classification(
@@ -76,11 +78,16 @@ def text_classification(
       split); the format comes from the extension, ``.parquet`` or ``.csv``.
 
     ``text_column`` and ``label_column`` name the source columns, renamed to ``text`` and
-    ``label``; other columns are dropped. With a known ``name`` labels must lie in
-    ``0 .. NUM_CLASSES[name] - 1`` and become a ``ClassLabel`` with the hub's names; without
-    one, labels must be non-negative integers. ``cache_dir`` is the ``datasets`` cache.
-    Every problem (no network, missing files or columns, an empty split, bad labels) is an
-    ``MtlzooError``.
+    ``label``; other columns are dropped. Every text must hold a non-space character:
+    empty, whitespace-only and missing texts are errors. With a known ``name`` labels must
+    lie in ``0 .. NUM_CLASSES[name] - 1`` and become a ``ClassLabel`` with the hub's names;
+    without one, labels must be non-negative integers. ``cache_dir`` is the ``datasets``
+    cache.
+
+    Every problem (no network, missing or unreadable files, missing columns, an empty split,
+    empty texts, bad labels) is an ``MtlzooError``. With local files it names the file
+    (the one bad file where it can be told, else the files of the split) and keeps the
+    reader's error as ``__cause__``; each split is read on its own.
     """
     import datasets
 
@@ -94,10 +101,11 @@ def text_classification(
         raise MtlzooError("pass data_dir= or data_files=, not both")
     cache = None if cache_dir is None else os.fspath(cache_dir)
 
-    if data_dir is not None:
-        loaded = _load_local(_files_in_dir(data_dir), cache)
-    elif data_files is not None:
-        loaded = _load_local(_normalise_data_files(data_files), cache)
+    sources: dict[str, list[str]] = {}  # split -> local files, to name in errors
+    if data_dir is not None or data_files is not None:
+        sources = (_files_in_dir(data_dir) if data_dir is not None
+                   else _normalise_data_files(data_files))
+        loaded = _load_local(sources, cache, text_column, label_column)
     elif canonical is None:
         raise MtlzooError(
             "text_classification needs a dataset name ('imdb' or 'ag_news') or local files "
@@ -115,7 +123,8 @@ def text_classification(
         raise MtlzooError(f"no labelled split found (splits: {list(loaded)})")
     return datasets.DatasetDict(
         {
-            split: _standardise(dataset, split, canonical, text_column, label_column)
+            split: _standardise(dataset, split, canonical, text_column, label_column,
+                                sources.get(split))
             for split, dataset in splits.items()
         }
     )
@@ -226,8 +235,11 @@ def _normalise_data_files(data_files) -> dict[str, list[str]]:
         )
     files: dict[str, list[str]] = {}
     for split, paths in data_files.items():
-        if not isinstance(split, str) or not split:
-            raise MtlzooError(f"data_files keys must be split names, got {split!r}")
+        if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
+            raise MtlzooError(
+                "data_files keys must be split names (letters, digits and '_', parts joined "
+                f"by '.'), got {split!r}"
+            )
         group = [paths] if isinstance(paths, (str, os.PathLike)) else paths
         if not isinstance(group, Sequence) or not group or not all(
             isinstance(p, (str, os.PathLike)) for p in group
@@ -240,7 +252,15 @@ def _normalise_data_files(data_files) -> dict[str, list[str]]:
 
 
 def _file_format(path: str) -> str:
-    extension = Path(path).suffix.lower()
+    file = Path(path)
+    if file.is_dir():
+        raise MtlzooError(
+            f"data file {path!r} is a folder, not a file; pass data_files= the files in it, "
+            "or data_dir= a folder of <split>.parquet / <split>.csv files"
+        )
+    if not file.is_file():
+        raise MtlzooError(f"data file {path!r} does not exist")
+    extension = file.suffix.lower()
     if extension not in _FORMATS:
         raise MtlzooError(
             f"cannot tell the format of {path!r}: expected a .parquet or .csv file"
@@ -248,69 +268,162 @@ def _file_format(path: str) -> str:
     return _FORMATS[extension]
 
 
-def _check_not_empty(path: str, file_format: str) -> None:
-    if not Path(path).is_file():
-        raise MtlzooError(f"data file {path!r} does not exist")
+def _short(error: BaseException) -> str:
+    """``Type: message`` on one line, cut to a readable length."""
+    text = " ".join(str(error).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The reader's own error under ``datasets``' "An error occurred while generating the
+    dataset" wrapper."""
+    while type(error).__name__ == "DatasetGenerationError" and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _check_file(path: str, file_format: str, columns: Sequence[str]) -> None:
+    """A readable file with rows and the text and label columns (metadata and the header
+    only; the rows are read when the split loads)."""
     try:
         if file_format == "parquet":
             import pyarrow.parquet as pq
 
-            rows = pq.read_metadata(path).num_rows
+            metadata = pq.read_metadata(path)
+            rows, present = metadata.num_rows, metadata.schema.to_arrow_schema().names
         else:
             import pandas as pd
 
             try:
-                rows = len(pd.read_csv(path, nrows=1))
+                head = pd.read_csv(path, nrows=1)
             except pd.errors.EmptyDataError:
-                rows = 0
+                rows, present = 0, []
+            else:
+                rows, present = len(head), [str(c) for c in head.columns]
     except Exception as error:  # not a parquet file, unreadable CSV, ...
-        raise MtlzooError(
-            f"could not read {file_format} file {path!r}: {type(error).__name__}: {error}"
-        ) from error
+        raise MtlzooError(f"could not read {file_format} file {path!r}: {_short(error)}"
+                          ) from error
     if rows == 0:
         raise MtlzooError(f"data file {path!r} has no rows: every split needs examples")
+    for role, column in zip(("text", "label"), columns, strict=True):
+        if column not in present:
+            raise MtlzooError(
+                f"data file {path!r} has no {role} column {column!r} (columns: {present}); "
+                f"pass {role}_column= the column that holds the {role}"
+            )
 
 
-def _load_local(files: dict[str, list[str]], cache: str | None):
-    """Each split's files, grouped by format, loaded with the packaged parquet/csv builders."""
+def _column_types(path: str, file_format: str, columns: list[str]) -> dict:
+    """The Arrow type of each of ``columns`` in one file, read in full on its own."""
+    import pyarrow as pa
+
+    if file_format == "parquet":
+        import pyarrow.parquet as pq
+
+        schema = pq.read_table(path, columns=columns).schema
+    else:
+        import pandas as pd
+
+        schema = pa.Table.from_pandas(pd.read_csv(path, usecols=columns)).schema
+    return {column: schema.field(column).type for column in columns}
+
+
+def _odd_file(paths: list[str], file_format: str, columns: list[str]):
+    """For a split of several files that failed to load together: ``(path, reason, error)``
+    for the first file that fails read alone, or that holds a column with another type
+    than the first file; ``None`` when no one file is to blame."""
+    types = []
+    for path in paths:
+        try:
+            types.append(_column_types(path, file_format, columns))
+        except Exception as error:
+            return path, _short(error), error
+    for path, found in zip(paths[1:], types[1:], strict=True):
+        for column in columns:
+            if found[column] != types[0][column]:
+                return path, (f"column {column!r} holds {found[column]}, but in "
+                              f"{paths[0]!r} it holds {types[0][column]}"), None
+    return None
+
+
+def _load_split(split: str, paths: list[str], file_format: str, cache: str | None,
+                columns: list[str]):
+    """One split's files, only the text and label columns, with the packaged readers."""
     import datasets
 
-    by_format: dict[str, dict[str, list[str]]] = collections.defaultdict(dict)
+    # parquet: read only the two columns; CSV: every column, as pandas' usecols= would let
+    # a row with too many fields pass
+    options = {"columns": columns} if file_format == "parquet" else {}
+    try:
+        return datasets.load_dataset(file_format, data_files={split: paths}, cache_dir=cache,
+                                     **options)[split]
+    except Exception as error:  # a malformed file: name it, keep the cause
+        cause = _root_cause(error)
+        odd = _odd_file(paths, file_format, columns) if len(paths) > 1 else None
+        if len(paths) == 1:
+            where, reason = f"{file_format} file {paths[0]!r}", _short(cause)
+        elif odd is not None:
+            where = f"{file_format} file {odd[0]!r}"
+            reason = odd[1] if odd[2] is not None else f"{odd[1]} ({_short(cause)})"
+        else:
+            where, reason = f"the {file_format} files {paths}", _short(cause)
+        raise MtlzooError(f"could not read {where} (split {split!r}): {reason}") from cause
+
+
+def _load_local(files: dict[str, list[str]], cache: str | None, text_column: str,
+                label_column: str) -> dict:
+    """Each split's files, checked (all of them first, cheaply), then loaded one split at a
+    time so that an error names that split's files and a split never takes its column types
+    from another."""
+    columns = [text_column, label_column]
+    formats = {}
     for split, paths in files.items():
-        formats = {_file_format(p) for p in paths}
-        if len(formats) > 1:
+        found = {_file_format(p) for p in paths}
+        if len(found) > 1:
             raise MtlzooError(f"split {split!r} mixes formats: {paths}; use one")
-        file_format = formats.pop()
+        formats[split] = found.pop()
         for path in paths:
-            _check_not_empty(path, file_format)
-        by_format[file_format][split] = paths
-    loaded = {}
-    for file_format, group in by_format.items():
-        try:
-            loaded.update(datasets.load_dataset(file_format, data_files=group, cache_dir=cache))
-        except Exception as error:  # a malformed file: name the files, keep the cause
-            raise MtlzooError(
-                f"could not read the {file_format} files {group}: {type(error).__name__}: {error}"
-            ) from error
-    return {split: loaded[split] for split in files}
+            _check_file(path, formats[split], columns)
+    return {split: _load_split(split, paths, formats[split], cache, columns)
+            for split, paths in files.items()}
+
+
+def _read_from(paths: list[str] | None) -> str:
+    """Where a split's rows came from, for its error messages ("" for the hub)."""
+    if not paths:
+        return ""
+    if len(paths) == 1:
+        return f"; read from {paths[0]!r}"
+    return f"; read from {paths} (rows in that order)"
+
+
+def _first_row(mask) -> int:
+    import pyarrow.compute as pc
+
+    return pc.index(mask, True).as_py()
 
 
 def _standardise(dataset, split: str, canonical: str | None, text_column: str,
-                 label_column: str):
-    """Exactly ``text`` (str) and ``label`` (int64), validated."""
+                 label_column: str, paths: list[str] | None = None):
+    """Exactly ``text`` (str) and ``label`` (int64), validated; errors name ``paths``, the
+    local files the split was read from."""
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    source = _read_from(paths)
+    from_csv = any(Path(p).suffix.lower() == ".csv" for p in paths or ())
     columns = dataset.column_names
     for role, column in (("text", text_column), ("label", label_column)):
         if column not in columns:
             raise MtlzooError(
                 f"split {split!r} has no {role} column {column!r} (columns: {columns}); "
-                f"pass {role}_column= the column that holds the {role}"
+                f"pass {role}_column= the column that holds the {role}{source}"
             )
     if len(dataset) == 0:
-        raise MtlzooError(f"split {split!r} is empty: every split needs examples")
+        raise MtlzooError(f"split {split!r} is empty: every split needs examples{source}")
     dataset = dataset.remove_columns([c for c in columns if c not in (text_column, label_column)])
     renames = {old: new for old, new in ((text_column, "text"), (label_column, "label"))
                if old != new}
@@ -322,21 +435,33 @@ def _standardise(dataset, split: str, canonical: str | None, text_column: str,
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         raise MtlzooError(
             f"split {split!r}: text column {text_column!r} must hold strings, got {text.type}"
+            + source
         )
     if text.null_count:
         raise MtlzooError(
-            f"split {split!r}: {text.null_count} rows have no text in column {text_column!r}"
+            f"split {split!r}: {text.null_count} rows have no text in column {text_column!r} "
+            f"(first: row {_first_row(pc.is_null(text))}, counting from 0"
+            + ("; an empty CSV field reads as no text" if from_csv else "") + f"){source}"
+        )
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
+    blanks = pc.sum(blank).as_py() or 0
+    if blanks:
+        raise MtlzooError(
+            f"split {split!r}: {blanks} rows have empty or whitespace-only text in column "
+            f"{text_column!r} (first: row {_first_row(blank)}, counting from 0); every text "
+            f"needs a non-space character{source}"
         )
     labels = table["label"]
     if labels.null_count:
         raise MtlzooError(
             f"split {split!r}: {labels.null_count} rows have no label in column "
-            f"{label_column!r}"
+            f"{label_column!r} (first: row {_first_row(pc.is_null(labels))}, counting from 0)"
+            + source
         )
     if not pa.types.is_integer(labels.type):
         raise MtlzooError(
             f"split {split!r}: label column {label_column!r} must hold integers (class ids "
-            f"0..K-1), got {labels.type}"
+            f"0..K-1), got {labels.type}{source}"
         )
     feature = dataset.features["label"]
     class_label = feature if isinstance(feature, datasets.ClassLabel) else None
@@ -353,7 +478,7 @@ def _standardise(dataset, split: str, canonical: str | None, text_column: str,
         what = f"{canonical} has {limit} classes" if canonical else "labels are class ids"
         raise MtlzooError(
             f"split {split!r}: labels in column {label_column!r} span {low}..{high}, but "
-            f"{what} ({allowed} allowed)"
+            f"{what} ({allowed} allowed){source}"
         )
     if class_label is None:
         target = (
@@ -627,8 +752,17 @@ def tokenize_dataset(data, tokenizer: WordTokenizer, *, max_length: int | None =
     list_type = getattr(datasets, "List", None) or datasets.Sequence
     ids_feature = list_type(datasets.Value("int32"), length=length)
 
-    def add_ids(texts):
-        rows = tokenizer.encode_ids(texts, max_length=length)
+    def add_ids(texts, indices, where):
+        try:
+            rows = tokenizer.encode_ids(texts, max_length=length)
+        except MtlzooError as error:  # name the dataset row, not the row of the batch
+            for row, text in zip(indices, texts, strict=True):
+                if not isinstance(text, str):
+                    raise MtlzooError(
+                        f"tokenize_dataset: {where}row {row} has a {type(text).__name__} "
+                        "text, not str"
+                    ) from error
+            raise
         return {"input_ids": _pad_array(rows, length, pad, np.int32)}
 
     out = {}
@@ -650,6 +784,8 @@ def tokenize_dataset(data, tokenizer: WordTokenizer, *, max_length: int | None =
             batched=True,
             batch_size=batch_size,
             input_columns="text",
+            with_indices=True,
+            fn_kwargs={"where": "" if single else f"split {split!r} "},
             remove_columns=None if keep_text else ["text"],
             features=features,
             new_fingerprint=fingerprint,
