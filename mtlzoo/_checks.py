@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from mtlzoo.errors import MtlzooError
@@ -36,3 +37,24 @@ def probability(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise MtlzooError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
+
+
+def real(name: str, value: object, *, positive: bool = False) -> float:
+    """A finite real number >= 0 (> 0 with ``positive``), as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MtlzooError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise MtlzooError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def boolean(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise MtlzooError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def name(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise MtlzooError(f"{what} must be a non-empty string, got {value!r}")
+    return value

@@ -34,12 +34,13 @@ SCRIPT = textwrap.dedent(
     trainer = mtlzoo.Trainer(model, weighting="dwa", lr=1e-2, batch_size=32, seed=3,
                              progress=False, **options)
     if mode == "killed":
-        step = trainer._train_step
-        def dying_step(batches):
-            step(batches)
-            if trainer.step == 9:  # the checkpoint of step 8 is the last one written
+        step = trainer._step
+        def dying_step(batches, number):
+            result = step(batches, number)
+            if number == 9:  # the checkpoint of step 8 is the last one written
                 os.kill(os.getpid(), signal.SIGKILL)
-        trainer._train_step = dying_step
+            return result
+        trainer._step = dying_step
         trainer.fit(data, epochs=4, checkpoint=checkpoint, checkpoint_every=4)
     if mode == "resume":
         trainer.load(checkpoint)

@@ -19,13 +19,21 @@ Batch = dict[str, Tensor]
 
 
 class Batches:
-    """A data source that yields the batches of one pass, ``len()`` batches long."""
+    """A data source that yields the batches of one pass, about ``len()`` batches long.
+
+    ``len()`` is a hint (progress bars, sampling probabilities): a pass ends when its data
+    ends. ``signature()`` describes the data well enough to tell, on a resume, whether the
+    position saved in a checkpoint still points at the same batches.
+    """
 
     def passes(self, pass_id: int, skip: int = 0) -> Iterator[Batch]:
         """The batches of pass ``pass_id``, without the first ``skip``."""
         raise NotImplementedError
 
     def __len__(self) -> int:
+        raise NotImplementedError
+
+    def signature(self) -> dict[str, int | str | None]:
         raise NotImplementedError
 
 
@@ -45,6 +53,9 @@ class IndexedBatches(Batches):
 
     def __len__(self) -> int:
         return -(-self.rows // self.batch_size)
+
+    def signature(self) -> dict[str, int | str | None]:
+        return {"rows": self.rows, "batch_size": self.batch_size}
 
     def passes(self, pass_id: int, skip: int = 0) -> Iterator[Batch]:
         if self.shuffle:
@@ -70,6 +81,9 @@ class IterableBatches(Batches):
                 f"{self.name} has no len(); pass a DataLoader, a datasets.Dataset or a dict "
                 "of tensors"
             ) from None
+
+    def signature(self) -> dict[str, int | str | None]:
+        return {"loader": type(self.data).__name__, "batches": len(self)}
 
     def passes(self, pass_id: int, skip: int = 0) -> Iterator[Batch]:
         iterator = iter(self.data)

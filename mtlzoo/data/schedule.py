@@ -1,23 +1,27 @@
-"""Which batches make up each training step.
+"""Which batches make up each training step, and where in its data an epoch stands.
 
 Joint-label regime: one batch a step, one pass over the data an epoch.
 
 Per-task-dataset regime, ``sampling``:
 
-* ``"round_robin"`` (default): every step draws one batch from every task; an epoch is as
-  many steps as the longest task has batches, and a shorter task starts a new, reshuffled
-  pass whenever it runs out.
+* ``"round_robin"`` (default): every step draws one batch from every task; the epoch ends
+  when every task has been through its data once, and a shorter task starts a new,
+  reshuffled pass whenever it runs out.
 * ``"proportional"`` / ``"temperature"``: every step draws one batch from one task, chosen
   with probability proportional to its number of batches n_t (or to n_t^(1/temperature));
   an epoch is as many steps as all tasks have batches together.
 
 Every epoch starts every task afresh, and every random choice is drawn from
-``(seed, epoch)``, so any step of any epoch can be replayed to resume a run exactly.
+``(seed, epoch)``. ``epoch(e, position)`` yields each step's batches with the position
+after it; started again from that position it yields the same remaining steps, which is
+what lets a run resume exactly. An epoch ends when its data ends, not after a count of
+batches it expected (a ``len()`` is only a hint).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,18 +32,37 @@ SAMPLING = ("round_robin", "proportional", "temperature")
 JOINT = None  # the key of the one batch of a joint-label step
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where an epoch stands: ``steps`` taken in it and, per task in the per-task regime,
+    the ``(pass, batches)`` consumed of its current pass."""
+
+    steps: int = 0
+    streams: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
 class JointSchedule:
     """One batch a step from one source."""
 
-    def __init__(self, source: Batches) -> None:
-        self.source = source
+    def __init__(self, source: Batches, name: str = "the training data") -> None:
+        self.source, self.name = source, name
 
     def steps_per_epoch(self) -> int:
+        """The expected number of steps (a hint for progress bars)."""
         return len(self.source)
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict[str | None, Batch]]:
-        for batch in self.source.passes(epoch, skip):
-            yield {JOINT: batch}
+    def signature(self) -> dict:
+        return {"data": self.source.signature()}
+
+    def epoch(self, epoch: int, position: Position = Position()) -> Iterator[
+        tuple[dict[str | None, Batch], Position]
+    ]:
+        steps = position.steps
+        for batch in self.source.passes(epoch, steps):
+            steps += 1
+            yield {JOINT: batch}, Position(steps)
+        if steps == 0:
+            raise MtlzooError(f"{self.name} yielded no batches in epoch {epoch + 1}")
 
 
 class TaskSchedule:
@@ -62,33 +85,55 @@ class TaskSchedule:
         self.probabilities = sizes**power / (sizes**power).sum()
 
     def steps_per_epoch(self) -> int:
+        """The number of steps of an epoch (round robin: expected, a progress-bar hint)."""
         lengths = [len(source) for source in self.sources.values()]
         return max(lengths) if self.sampling == "round_robin" else sum(lengths)
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict[str | None, Batch]]:
-        names = list(self.sources)
-        if self.sampling == "round_robin":
-            order = None
-            consumed = dict.fromkeys(names, skip)
-        else:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.multinomial(
-                self.probabilities, self.steps_per_epoch(), replacement=True,
-                generator=generator,
-            ).tolist()
-            consumed = {name: order[:skip].count(i) for i, name in enumerate(names)}
-        streams = {name: self._stream(name, epoch, consumed[name]) for name in names}
-        for step in range(skip, self.steps_per_epoch()):
-            if order is None:
-                yield {name: next(stream) for name, stream in streams.items()}
-            else:
-                name = names[order[step]]
-                yield {name: next(streams[name])}
+    def signature(self) -> dict:
+        return {"sampling": self.sampling,
+                **{f"task {name!r}": s.signature() for name, s in self.sources.items()}}
 
-    def _stream(self, name: str, epoch: int, start: int) -> Iterator[Batch]:
-        """A task's batches within an epoch, pass after pass, from position ``start``."""
+    def epoch(self, epoch: int, position: Position = Position()) -> Iterator[
+        tuple[dict[str | None, Batch], Position]
+    ]:
+        names = list(self.sources)
+        at = {name: position.streams.get(name, (0, 0)) for name in names}
+        streams = {name: self._stream(name, epoch, *at[name]) for name in names}
+        if self.sampling == "round_robin":
+            # look one batch ahead: the epoch ends once every task has begun its second pass
+            ahead = {name: next(stream) for name, stream in streams.items()}
+            steps = position.steps
+            while any(cycle == 0 for cycle, _, _ in ahead.values()):
+                batches = {}
+                for name, (cycle, offset, batch) in ahead.items():
+                    batches[name], at[name] = batch, (cycle, offset)
+                    ahead[name] = next(streams[name])
+                steps += 1
+                yield batches, Position(steps, dict(at))
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.multinomial(
+            self.probabilities, self.steps_per_epoch(), replacement=True, generator=generator
+        ).tolist()
+        for step in range(position.steps, len(order)):
+            name = names[order[step]]
+            cycle, offset, batch = next(streams[name])
+            at[name] = (cycle, offset)
+            yield {name: batch}, Position(step + 1, dict(at))
+
+    def _stream(self, name: str, epoch: int, cycle: int, offset: int) -> Iterator[
+        tuple[int, int, Batch]
+    ]:
+        """A task's batches within an epoch, pass after pass, from batch ``offset`` of pass
+        ``cycle``; each with its ``(pass, batches consumed of that pass)``."""
         source = self.sources[name]
-        cycle, offset = divmod(start, len(source))
         while True:
-            yield from source.passes((epoch << 20) + cycle, offset)
+            for batch in source.passes((epoch << 20) + cycle, offset):
+                offset += 1
+                yield cycle, offset, batch
+            if offset == 0:
+                raise MtlzooError(
+                    f"the training data of task {name!r} yielded no batches in epoch "
+                    f"{epoch + 1}"
+                )
             cycle, offset = cycle + 1, 0

@@ -1,0 +1,138 @@
+"""The trainer's options, each checked once when the trainer is built, and the optimizer and
+weighting they name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mtlzoo import _checks
+from mtlzoo.data.schedule import SAMPLING
+from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.tasks import Task
+from mtlzoo.weighting import Weighting, create_weighting
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(
+        params, lr=lr, momentum=0.9, weight_decay=weight_decay
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``Trainer(...)`` was given besides the model, the weighting and the optimizer;
+    see ``Trainer`` for each. Every value is checked here: a bad one raises ``MtlzooError``
+    naming the option before anything runs."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    sampling: str = "round_robin"
+    temperature: float = 2.0
+    input_key: str | tuple[str, ...] = "x"
+    weight_key: str = "weight"
+    label_keys: Mapping[str, str] = field(default_factory=dict)
+    grad_clip: float | None = None
+    seed: int = 0
+    progress: bool = True
+    device: torch.device | None = None
+
+    def __post_init__(self) -> None:
+        _checks.real("lr", self.lr, positive=True)
+        _checks.real("weight_decay", self.weight_decay)
+        _checks.positive_int("batch_size", self.batch_size)
+        if self.sampling not in SAMPLING:
+            raise MtlzooError(
+                f"unknown sampling {self.sampling!r}.{suggest(str(self.sampling), SAMPLING)} "
+                f"Known: {', '.join(SAMPLING)}"
+            )
+        _checks.real("temperature", self.temperature, positive=True)
+        keys = (self.input_key,) if isinstance(self.input_key, str) else self.input_key
+        if not isinstance(keys, Sequence) or not keys:
+            raise MtlzooError(
+                f"input_key must be a column name or a list of them, got {self.input_key!r}"
+            )
+        for key in keys:
+            _checks.name("input_key", key)
+        object.__setattr__(self, "input_key", keys[0] if isinstance(self.input_key, str)
+                           else tuple(keys))
+        _checks.name("weight_key", self.weight_key)
+        if not isinstance(self.label_keys, Mapping):
+            raise MtlzooError(f"label_keys must be a dict task -> column, got {self.label_keys!r}")
+        for task, column in self.label_keys.items():
+            _checks.name(f"label_keys[{task!r}]", column)
+        object.__setattr__(self, "label_keys", dict(self.label_keys))
+        if self.grad_clip is not None:
+            _checks.real("grad_clip", self.grad_clip, positive=True)
+        _checks.non_negative_int("seed", self.seed)
+        _checks.boolean("progress", self.progress)
+        object.__setattr__(self, "device", check_device(self.device))
+
+
+def check_device(value: object) -> torch.device | None:
+    """A device this torch build has and can use now, or None (keep the model's)."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, torch.device)):
+        raise MtlzooError(f"device must be a name such as 'cpu' or 'cuda:0', got {value!r}")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError) as error:
+        raise MtlzooError(f"device {value!r} is not a device torch knows ({error})") from None
+    if device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        available = getattr(backend, "is_available", lambda: False)()
+        if not available:
+            raise MtlzooError(f"device {value!r}: this torch build has no usable {device.type}")
+        count = getattr(backend, "device_count", lambda: 1)()
+        if device.index is not None and device.index >= count:
+            raise MtlzooError(f"device {value!r}: only {count} {device.type} device(s) here")
+    return device
+
+
+def make_weighting(weighting, tasks: Sequence[Task], options: Mapping | None) -> Weighting:
+    """``weighting`` as given to ``Trainer``: a name, a ``Weighting`` or a dict of weights."""
+    if options is not None and not isinstance(options, Mapping):
+        raise MtlzooError(f"weighting_options must be a dict, got {options!r}")
+    if isinstance(weighting, Weighting):
+        if options:
+            raise MtlzooError("weighting_options are for a weighting given by name")
+        return weighting
+    if isinstance(weighting, Mapping):
+        return create_weighting("fixed", tasks, weights=dict(weighting))
+    if not isinstance(weighting, str):
+        raise MtlzooError(
+            f"weighting must be a name, a Weighting or a dict of task weights, got {weighting!r}"
+        )
+    return create_weighting(weighting, tasks, **dict(options or {}))
+
+
+def make_optimizer(
+    optimizer: str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+    params: list[nn.Parameter],
+    options: Options,
+) -> torch.optim.Optimizer:
+    """A named optimizer with ``options.lr`` and ``weight_decay``, or ``optimizer(params)``."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise MtlzooError(
+                f"unknown optimizer {optimizer!r}.{suggest(optimizer, OPTIMIZERS)} "
+                f"Known: {', '.join(OPTIMIZERS)}"
+            )
+        return OPTIMIZERS[optimizer](params, lr=options.lr, weight_decay=options.weight_decay)
+    if callable(optimizer):
+        built = optimizer(params)
+        if not isinstance(built, torch.optim.Optimizer):
+            raise MtlzooError(
+                f"optimizer(params) must return a torch.optim.Optimizer, got {built!r}"
+            )
+        return built
+    raise MtlzooError(
+        f"optimizer must be a name or a function of the parameters, got {optimizer!r}"
+    )

@@ -1,0 +1,115 @@
+"""The trainer's state: where the run stands, what it has recorded, typed and versioned.
+
+``TrainerState.to_dict()`` is what a checkpoint stores (plain Python values and tensors, so
+it loads with ``weights_only=True``); ``from_dict`` checks it field by field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from torch import Tensor
+
+from mtlzoo.data.schedule import Position
+from mtlzoo.errors import MtlzooError
+
+VERSION = 2  # of the state's layout; a checkpoint of another version is refused
+
+
+@dataclass
+class LossSums:
+    """One task's sums over the steps of the current epoch (its mean loss and weight)."""
+
+    loss: float = 0.0
+    weight: float = 0.0
+    steps: int = 0
+
+
+@dataclass
+class EarlyStopping:
+    """The record of early stopping on ``column`` of the history."""
+
+    column: str
+    minimise: bool
+    best: float | None = None
+    epoch: int | None = None  # 1-based, of the best value
+    bad_epochs: int = 0  # epochs since the best
+    weights: dict[str, Tensor] | None = None  # the model's state at the best epoch
+
+    def update(self, value: float | None, epoch: int, weights) -> None:
+        """Record an epoch's ``value``; ``weights()`` gives the model state to keep."""
+        better = value is not None and value == value and (  # not NaN
+            self.best is None or (value < self.best if self.minimise else value > self.best)
+        )
+        if better:
+            self.best, self.epoch, self.bad_epochs, self.weights = value, epoch, 0, weights()
+        else:
+            self.bad_epochs += 1
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands: optimizer ``step``s taken, ``epoch``s completed, the
+    ``position`` within the current epoch and the ``data`` it runs on (its signature), the
+    current epoch's loss sums, the ``history`` (one row per epoch) and early stopping."""
+
+    step: int = 0
+    epoch: int = 0
+    position: Position = field(default_factory=Position)
+    data: dict | None = None
+    epoch_sums: dict[str, LossSums] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    stopping: EarlyStopping | None = None
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.position.steps > 0
+
+    def to_dict(self) -> dict:
+        stopping = self.stopping
+        return {
+            "version": VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": {"steps": self.position.steps,
+                         "streams": {k: list(v) for k, v in self.position.streams.items()}},
+            "data": self.data,
+            "epoch_sums": {k: vars(v).copy() for k, v in self.epoch_sums.items()},
+            "history": [dict(row) for row in self.history],
+            "stopping": None if stopping is None else vars(stopping).copy(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: object) -> TrainerState:
+        """The state ``to_dict`` wrote; anything else raises ``MtlzooError`` saying what."""
+        _fields("the trainer state", state, ["version", *(f.name for f in fields(cls))])
+        if state["version"] != VERSION:
+            raise MtlzooError(
+                f"the trainer state is of version {state['version']!r}; this mtlzoo reads "
+                f"version {VERSION}"
+            )
+        position = state["position"]
+        _fields("the position", position, ["steps", "streams"])
+        stopping = state["stopping"]
+        if stopping is not None:
+            _fields("the early-stopping record", stopping, [f.name for f in
+                                                            fields(EarlyStopping)])
+        sums = state["epoch_sums"]
+        for value in sums.values():
+            _fields("the loss sums", value, [f.name for f in fields(LossSums)])
+        return cls(
+            step=state["step"],
+            epoch=state["epoch"],
+            position=Position(position["steps"],
+                              {k: tuple(v) for k, v in position["streams"].items()}),
+            data=state["data"],
+            epoch_sums={k: LossSums(**v) for k, v in sums.items()},
+            history=list(state["history"]),
+            stopping=None if stopping is None else EarlyStopping(**stopping),
+        )
+
+
+def _fields(what: str, value: object, names: list[str]) -> None:
+    if not isinstance(value, dict) or sorted(value) != sorted(names):
+        found = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise MtlzooError(f"{what} has fields {found}, expected {sorted(names)}")

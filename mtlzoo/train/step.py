@@ -1,0 +1,132 @@
+"""One training step: read the batches, forward, per-task losses, the weighting's backward,
+clipping, the optimizer step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo.data.batches import Batch
+from mtlzoo.data.schedule import JOINT
+from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.losses import check_row_weights, task_loss
+from mtlzoo.models.base import MultiTaskModel
+from mtlzoo.tasks import Task
+from mtlzoo.weighting import Weighting
+
+
+class NonFiniteLoss(MtlzooError):
+    """A task's loss is NaN or infinite: the step is abandoned before the optimizer moves."""
+
+
+class BatchReader:
+    """Takes the model input and each task's labels, mask and row weights out of a batch.
+
+    In the joint regime (``task is JOINT``) a task's labels are in its own column (or its
+    ``label_keys`` entry); a per-task dataset may instead have one ``label`` column.
+    """
+
+    def __init__(self, tasks: Mapping[str, Task], input_key: str | tuple[str, ...],
+                 weight_key: str, label_keys: Mapping[str, str],
+                 device: torch.device) -> None:
+        self.tasks, self.input_key, self.weight_key = tasks, input_key, weight_key
+        self.label_keys, self.device = label_keys, device
+
+    def inputs(self, batch: Batch) -> Tensor | dict[str, Tensor]:
+        """One column, or a dict of several (``input_key`` a tuple)."""
+        keys = [self.input_key] if isinstance(self.input_key, str) else list(self.input_key)
+        for key in keys:
+            if key not in batch:
+                raise MtlzooError(
+                    f"batch has no input column {key!r} (columns: {sorted(batch)}); "
+                    "set Trainer(input_key=...)"
+                )
+        if isinstance(self.input_key, str):
+            return _to(batch[self.input_key], self.device)
+        return {key: _to(batch[key], self.device) for key in keys}
+
+    def labels(self, batch: Batch, name: str, per_task: bool
+               ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(labels, mask or None, row weights or None)`` of task ``name``."""
+        key = self.label_keys.get(name, name)
+        if per_task and key not in batch and name not in self.label_keys and "label" in batch:
+            key = "label"  # a per-task dataset's one label column (IMDb, AG News, ...)
+        if key not in batch:
+            regime = "" if per_task else " (one dataset for every task: a column per task)"
+            raise MtlzooError(
+                f"task {name!r}: no label column {key!r} in the batch{regime}; its columns "
+                f"are {sorted(batch)}.{suggest(key, batch)} Set Trainer(label_keys=...) to "
+                "map it"
+            )
+        mask = batch.get(f"{name}_mask")
+        weights = batch.get(self.weight_key)
+        if weights is not None:
+            check_row_weights(weights)
+        return tuple(_to(t, self.device) if t is not None else None
+                     for t in (batch[key], mask, weights))
+
+
+class TrainStep:
+    """``step(batches, number)`` trains on one step's batches and returns each task's
+    ``(loss, weight)``; a step whose batches carry no label returns ``{}``."""
+
+    def __init__(self, model: MultiTaskModel, weighting: Weighting,
+                 optimizer: torch.optim.Optimizer, reader: BatchReader,
+                 grad_clip: float | None) -> None:
+        self.model, self.weighting, self.optimizer = model, weighting, optimizer
+        self.reader, self.grad_clip = reader, grad_clip
+        self.tasks = reader.tasks
+
+    def __call__(self, step_batches: dict[str | None, Batch], number: int
+                 ) -> dict[str, tuple[float, float]]:
+        self.model.train()
+        representations: list[Tensor] = []  # the encoder's outputs in this step (MGDA-UB)
+        encoder = self.model.encoder
+        hook = encoder and encoder.register_forward_hook(
+            lambda module, args, output: representations.append(output)
+        )
+        try:
+            losses, aux = self._losses(step_batches)
+        finally:
+            if hook:
+                hook.remove()
+        if not losses:
+            return {}  # no labelled row in the step: nothing to learn from
+        values = torch.stack([loss.detach() for loss in losses.values()]).tolist()
+        for name, value in zip(losses, values, strict=True):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"task {name!r}: the loss is {value} at step {number}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if aux is not None and aux.requires_grad:
+            aux.backward(retain_graph=True)
+        weights = self.weighting.backward(
+            losses, self.model.shared_parameters(), self.model.task_parameters(),
+            representations[0] if len(representations) == 1 else None,
+        )
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.weighting.after_step()
+        return dict(zip(losses, zip(values, weights.tolist(), strict=True), strict=True))
+
+    def _losses(self, step_batches: dict[str | None, Batch]
+                ) -> tuple[dict[str, Tensor], Tensor | None]:
+        losses: dict[str, Tensor] = {}
+        aux = None
+        for task_name, batch in step_batches.items():
+            out = self.model(self.reader.inputs(batch),
+                             tasks=None if task_name is JOINT else [task_name])
+            aux = out.aux_loss if aux is None else aux + out.aux_loss
+            for name, logits in out.logits.items():
+                labels = self.reader.labels(batch, name, per_task=task_name is not JOINT)
+                loss = task_loss(self.tasks[name], logits, *labels)
+                if loss is not None:
+                    losses[name] = loss
+        return losses, aux
+
+
+def _to(value, device: torch.device):
+    return value.to(device) if isinstance(value, Tensor) else value

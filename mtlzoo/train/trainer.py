@@ -1,0 +1,487 @@
+"""The trainer: the loop over steps and epochs, evaluation, and saving and loading its state.
+
+* Joint-label regime (recsys): ``fit(data)``; every batch carries the input and a label per
+  task. A missing label (``<task>_mask`` False, or NaN) adds nothing to the loss or the
+  metrics; optional per-row weights come under ``weight_key``.
+* Per-task-dataset regime: ``fit({"sentiment": data_a, "topic": data_b})``; every step draws
+  batches as ``sampling`` says (``mtlzoo.data.schedule``), each batch runs through the
+  shared layers and only its own task's head, and the weighted sum of the losses is
+  back-propagated once, then the optimizer steps once.
+
+The weighting (``mtlzoo.weighting``) turns the per-task losses into the update.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mtlzoo import _checks
+from mtlzoo.data.batches import as_batches
+from mtlzoo.data.schedule import JOINT, JointSchedule, Position, TaskSchedule
+from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.losses import labelled_rows, task_loss
+from mtlzoo.metrics import METRIC_DIRECTIONS, task_metrics
+from mtlzoo.models.base import MultiTaskModel
+from mtlzoo.train.checkpoint import (
+    check_fits,
+    check_writable,
+    read_checkpoint,
+    record,
+    shapes,
+    write_checkpoint,
+)
+from mtlzoo.train.options import Options, make_optimizer, make_weighting
+from mtlzoo.train.state import EarlyStopping, LossSums, TrainerState
+from mtlzoo.train.step import BatchReader, NonFiniteLoss, TrainStep
+from mtlzoo.weighting import Weighting
+
+
+class Trainer:
+    """Trains a ``MultiTaskModel``; see the module docstring for the two data regimes.
+
+    ``weighting`` is a registered name (``mtlzoo.list_weightings()``), a ``Weighting``, or a
+    dict ``{task: weight}`` (fixed weights). ``optimizer`` is ``"adam"``, ``"adamw"``,
+    ``"sgd"`` (momentum 0.9) or a function ``params -> torch.optim.Optimizer``. Data that the
+    trainer batches itself (a ``datasets.Dataset`` or a dict of tensors) is shuffled from
+    ``seed`` and the epoch alone, so a run resumed from a checkpoint replays it exactly.
+    ``input_key`` names the input column, or several (a dict of them reaches the model's
+    encoder, e.g. ``("categorical", "numeric")`` for a ``TabularEncoder``). ``grad_clip``
+    caps the gradient's global norm. Every option is checked here, before anything runs.
+
+    >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
+    >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
+    >>> trainer.evaluate(data["test"])                  # per-task metrics, a DataFrame
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        weighting: str | Weighting | Mapping[str, float] = "equal",
+        optimizer: str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        *,
+        weighting_options: Mapping | None = None,
+        batch_size: int = 256,
+        sampling: str = "round_robin",
+        temperature: float = 2.0,
+        input_key: str | Sequence[str] = "x",
+        weight_key: str = "weight",
+        label_keys: Mapping[str, str] | None = None,
+        grad_clip: float | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(model, MultiTaskModel):
+            raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
+        self.options = Options(
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size, sampling=sampling,
+            temperature=temperature, input_key=input_key, weight_key=weight_key,
+            label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
+            seed=seed, progress=progress, device=device,
+        )
+        self.tasks = {task.name: task for task in model.tasks}
+        for name in self.options.label_keys:
+            self._check_task(name, "label_keys")
+        self.model = model if device is None else model.to(self.options.device)
+        self.device = next(model.parameters()).device
+        self.weighting = make_weighting(weighting, model.tasks, weighting_options)
+        self.weighting.to(self.device)
+        params = [*model.parameters(), *self.weighting.parameters()]
+        self.optimizer = make_optimizer(optimizer, params, self.options)
+        self.reader = BatchReader(self.tasks, self.options.input_key, self.options.weight_key,
+                                  self.options.label_keys, self.device)
+        self._step = TrainStep(model, self.weighting, self.optimizer, self.reader,
+                               self.options.grad_clip)
+        self.state = TrainerState()
+        self._saved: tuple[Path, int] | None = None  # the last checkpoint written or read
+        self._resumed = False  # a checkpoint was loaded and no fit has run since
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (those of a loaded checkpoint included)."""
+        return self.state.step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed (those of a loaded checkpoint included)."""
+        return self.state.epoch
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch (1-based) whose weights early stopping kept, or None."""
+        return None if self.state.stopping is None else self.state.stopping.epoch
+
+    @property
+    def history(self):
+        """One row per completed epoch: train loss and mean weight per task, eval metrics."""
+        import pandas as pd
+
+        return pd.DataFrame(self.state.history)
+
+    # --- training -------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train,
+        eval=None,
+        *,
+        epochs: int | None = None,
+        steps: int | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None,
+        early_stopping: str | None = None,
+        patience: int = 3,
+    ):
+        """Train until ``epochs`` epochs or ``steps`` steps in all (counting those of a
+        loaded checkpoint); evaluate on ``eval`` after every epoch; with ``checkpoint``,
+        save there after every epoch, every ``checkpoint_every`` steps and when the run
+        stops mid-epoch. Returns the history (one row per epoch, a DataFrame).
+
+        ``early_stopping`` names an eval column of the history (``"income/auc"``,
+        ``"y1/mse"``; its direction from ``mtlzoo.metrics.METRIC_DIRECTIONS``): training
+        stops after ``patience`` epochs without improvement, and the weights of the best
+        epoch are restored (``best_epoch``).
+
+        An epoch ends when its data ends. A run resumed mid-epoch must see the data it was
+        saved with (rows, batch size, seed, sampling); otherwise ``MtlzooError`` says what
+        changed. At an epoch boundary other data is taken, with a warning."""
+        if (epochs is None) == (steps is None):
+            raise MtlzooError("give exactly one of epochs= and steps=")
+        by_epochs = epochs is not None
+        limit = _checks.positive_int("epochs" if by_epochs else "steps", epochs or steps)
+        if checkpoint_every is not None:
+            _checks.positive_int("checkpoint_every", checkpoint_every)
+        _checks.positive_int("patience", patience)
+        if early_stopping is not None:
+            self._start_early_stopping(early_stopping, eval)
+        schedule = self._schedule(train)
+        self._check_data(schedule)
+        if checkpoint is not None:
+            checkpoint = check_writable(checkpoint)
+
+        def finished() -> bool:
+            stopping = self.state.stopping
+            if early_stopping and stopping is not None and stopping.bad_epochs >= patience:
+                return True
+            return self.state.epoch >= limit if by_epochs else self.state.step >= limit
+
+        try:
+            for event in self._run(schedule, eval, finished):
+                every = checkpoint_every and self.state.step % checkpoint_every == 0
+                if checkpoint is not None and (event != "step" or every):
+                    self.save(checkpoint)
+        except NonFiniteLoss as error:
+            if self._saved is None:
+                raise
+            path, step = self._saved
+            raise NonFiniteLoss(
+                f"{error}; the last good checkpoint, {str(path)!r} (step {step}), is unchanged"
+            ) from None
+        stopping = self.state.stopping
+        if stopping is not None and stopping.weights is not None:
+            self.model.load_state_dict(stopping.weights)
+        return self.history
+
+    def _run(self, schedule, eval, finished: Callable[[], bool]) -> Iterator[str]:
+        """Train until ``finished()``; yields ``"step"`` after every step, ``"epoch"`` after
+        every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint)."""
+        state = self.state
+        while not finished():
+            state.data = self._signature(schedule)
+            bar = self._bar(schedule.steps_per_epoch())
+            steps = schedule.epoch(state.epoch, state.position)
+            upcoming = next(steps, None)
+            while upcoming is not None:
+                batches, position = upcoming
+                self._record(self._step(batches, state.step + 1))
+                state.step += 1
+                state.position = position
+                bar.update()
+                bar.set_postfix_str(self._running_losses())
+                upcoming = next(steps, None)  # None: the epoch's data has ended
+                if upcoming is not None:
+                    if finished():
+                        bar.close()
+                        yield "stop"
+                        return
+                    yield "step"
+            bar.close()
+            self._end_epoch(eval)
+            yield "epoch"
+
+    def _record(self, result: dict[str, tuple[float, float]]) -> None:
+        for name, (loss, weight) in result.items():
+            sums = self.state.epoch_sums.setdefault(name, LossSums())
+            sums.loss += loss
+            sums.weight += weight
+            sums.steps += 1
+
+    def _end_epoch(self, eval) -> None:
+        state = self.state
+        self.weighting.epoch_end({name: s.loss / s.steps for name, s in state.epoch_sums.items()
+                                  if s.steps})
+        row = {"epoch": state.epoch + 1, "step": state.step}
+        for name, sums in state.epoch_sums.items():
+            row[f"{name}/train_loss"] = sums.loss / sums.steps
+            row[f"{name}/weight"] = sums.weight / sums.steps
+        if eval is not None:
+            for name, metrics in self.evaluate(eval).iterrows():
+                row.update({f"{name}/{key}": _plain(value) for key, value in metrics.items()})
+        state.history.append(row)
+        if state.stopping is not None:
+            state.stopping.update(row.get(state.stopping.column), row["epoch"], lambda: {
+                k: v.detach().clone() for k, v in self.model.state_dict().items()
+            })
+        state.epoch += 1
+        state.position = Position()
+        state.epoch_sums = {}
+
+    def _start_early_stopping(self, column: str, eval) -> None:
+        if eval is None:
+            raise MtlzooError("early_stopping needs eval= data to measure")
+        task, _, metric = column.partition("/")
+        if task not in self.tasks or metric not in [*METRIC_DIRECTIONS, "loss"]:
+            raise MtlzooError(
+                f"early_stopping={column!r} must be '<task>/<metric>' with a task of "
+                f"{list(self.tasks)} and a metric of {[*METRIC_DIRECTIONS, 'loss']}"
+            )
+        minimise = METRIC_DIRECTIONS.get(metric, "min") == "min"
+        if self.state.stopping is None or self.state.stopping.column != column:
+            self.state.stopping = EarlyStopping(column, minimise)
+
+    # --- evaluation -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, data):
+        """Per-task metrics over the whole of ``data`` (joint, or a dict task -> data), as a
+        DataFrame indexed by task: ``rows`` labelled, ``loss``, and the task kind's metrics
+        (``mtlzoo.metrics.task_metrics``)."""
+        import pandas as pd
+
+        was_training = self.model.training
+        self.model.eval()
+        collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+        for task_name, source in self._eval_sources(data):
+            for batch in source.passes(0):
+                out = self.model(self.reader.inputs(batch), tasks=task_name and [task_name])
+                for name, logits in out.logits.items():
+                    labels, mask, _ = self.reader.labels(batch, name, task_name is not JOINT)
+                    labels, labelled = labelled_rows(self.tasks[name], labels, mask)
+                    kept = collected.setdefault(name, ([], []))
+                    kept[0].append(logits[labelled].float().cpu())
+                    kept[1].append(labels[labelled].cpu())
+        self.model.train(was_training)
+        rows = {}
+        for name, (logits, labels) in collected.items():
+            task, logits, labels = self.tasks[name], torch.cat(logits), torch.cat(labels)
+            loss = task_loss(task, logits, labels) if len(labels) else None
+            rows[name] = {
+                "rows": len(labels),
+                "loss": float("nan") if loss is None else loss.item(),
+                **task_metrics(task.kind, logits, labels),
+            }
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the model, optimizer, weighting, trainer state and RNG states to ``path``,
+        atomically and with a checksum (``mtlzoo.train.checkpoint``). A model whose weights
+        are no longer finite is never saved: ``MtlzooError``, and the file stays as it was."""
+        path = Path(path)
+        self._check_finite(path)
+        model_state = self.model.state_dict()
+        weighting_state = self.weighting.state_dict()
+        optimizer_state = self.optimizer.state_dict()
+        write_checkpoint(path, {
+            "model": record(self.model, model_state, self._model_layout(model_state)),
+            "weighting": record(self.weighting, weighting_state, shapes(weighting_state)),
+            "optimizer": record(self.optimizer, optimizer_state, self._optimizer_layout()),
+            "trainer": self.state.to_dict(),
+            "rng": _rng_state(self.device),
+        })
+        self._saved = (path, self.state.step)
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by ``save``; the next ``fit`` continues where it
+        stopped. The file is verified (checksum) and checked against this trainer (model
+        class, tasks, parameter shapes, weighting and optimizer kind) before anything is
+        changed: ``MtlzooError`` says what differs. The optimizer's hyperparameters (``lr``,
+        ``weight_decay``, ...) stay those this trainer was built with, so a resume may
+        change them."""
+        path = Path(path)
+        payload = read_checkpoint(path, map_location=self.device)
+        try:
+            state = TrainerState.from_dict(payload["trainer"])
+            model_state = self.model.state_dict()
+            check_fits("model", payload["model"], self.model, self._model_layout(model_state))
+            check_fits("weighting", payload["weighting"], self.weighting,
+                       shapes(self.weighting.state_dict()))
+            check_fits("optimizer", payload["optimizer"], self.optimizer,
+                       self._optimizer_layout())
+        except MtlzooError as error:
+            raise MtlzooError(f"checkpoint {str(path)!r} does not fit this trainer: {error}"
+                              ) from None
+        self.model.load_state_dict(payload["model"]["state"])
+        self.weighting.load_state_dict(payload["weighting"]["state"])
+        hyperparameters = [{k: v for k, v in group.items() if k != "params"}
+                           for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(payload["optimizer"]["state"])
+        for group, kept in zip(self.optimizer.param_groups, hyperparameters, strict=True):
+            group.update(kept)
+        _set_rng_state(payload["rng"])
+        self.state = state
+        self._saved, self._resumed = (path, state.step), True
+
+    def _model_layout(self, model_state: dict) -> dict:
+        tasks = [[task.name, task.kind, task.num_classes or 0] for task in self.model.tasks]
+        return {"tasks": tasks, **shapes(model_state)}
+
+    def _optimizer_layout(self) -> dict:
+        return {f"param_groups[{i}]": [len(group["params"])]
+                for i, group in enumerate(self.optimizer.param_groups)}
+
+    def _check_finite(self, path: Path) -> None:
+        for name, value in [*self.model.state_dict().items(),
+                            *self.weighting.named_parameters()]:  # buffers may hold NaN
+            if isinstance(value, Tensor) and value.is_floating_point() and not bool(
+                value.isfinite().all()
+            ):
+                kept = (f"the last good checkpoint, {str(self._saved[0])!r} (step "
+                        f"{self._saved[1]}), is unchanged" if self._saved else "nothing saved")
+                raise MtlzooError(
+                    f"after step {self.state.step} {name!r} holds NaN or infinite values (the "
+                    f"run diverged; try a lower lr or grad_clip): not saved to {str(path)!r}; "
+                    f"{kept}"
+                )
+
+    # --- data -----------------------------------------------------------------------------
+
+    def _schedule(self, train) -> JointSchedule | TaskSchedule:
+        if not _is_per_task(train):
+            return JointSchedule(self._source(train, "the training data", shuffle=True))
+        for name in train:
+            self._check_task(name, "the training data")
+        missing = [name for name in self.tasks if name not in train]
+        if missing:
+            raise MtlzooError(
+                f"the training data has no dataset for task(s) {missing}; the model's tasks "
+                f"are {list(self.tasks)}"
+            )
+        sources = {
+            name: self._source(data, f"the training data of task {name!r}", shuffle=True,
+                               offset=index)
+            for index, (name, data) in enumerate(train.items())
+        }
+        options = self.options
+        return TaskSchedule(sources, options.sampling, options.temperature, options.seed)
+
+    def _signature(self, schedule: JointSchedule | TaskSchedule) -> dict:
+        return {"seed": self.options.seed, **schedule.signature()}
+
+    def _check_data(self, schedule: JointSchedule | TaskSchedule) -> None:
+        """Mid-epoch, the data must be that of the steps taken; after a ``load``, other data
+        at an epoch boundary is taken with a warning."""
+        saved, now = self.state.data, self._signature(schedule)
+        resumed, self._resumed = self._resumed, False
+        if saved is None or saved == now:
+            return
+        changes = "; ".join(_differences(saved, now))
+        if self.state.mid_epoch:
+            raise MtlzooError(
+                f"the run stopped after {self.state.position.steps} steps of epoch "
+                f"{self.state.epoch + 1} on other data than this: {changes}. Resume with the "
+                "data, batch_size, seed and sampling it was saved with, or start afresh"
+            )
+        if resumed:
+            warnings.warn(
+                f"epoch {self.state.epoch + 1} starts on other data than the checkpoint's: "
+                f"{changes}", UserWarning, stacklevel=3,
+            )
+
+    def _eval_sources(self, data):
+        if not _is_per_task(data):
+            return [(JOINT, self._source(data, "the evaluation data", shuffle=False))]
+        for name in data:
+            self._check_task(name, "the evaluation data")
+        return [
+            (name, self._source(d, f"the evaluation data of task {name!r}", shuffle=False))
+            for name, d in data.items()
+        ]
+
+    def _source(self, data, what: str, shuffle: bool, offset: int = 0):
+        return as_batches(data, what, self.options.batch_size, shuffle,
+                          self.options.seed + 7919 * offset)
+
+    def _check_task(self, name: str, where: str) -> None:
+        if name not in self.tasks:
+            raise MtlzooError(
+                f"{where} names task {name!r}, which the model lacks.{suggest(name, self.tasks)}"
+                f" The model's tasks: {list(self.tasks)}"
+            )
+
+    # --- progress -------------------------------------------------------------------------
+
+    def _bar(self, per_epoch: int):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=per_epoch, initial=self.state.position.steps,
+            desc=f"epoch {self.state.epoch + 1}",
+            disable=None if self.options.progress else True,  # None: on a terminal only
+            leave=False, dynamic_ncols=True,
+        )
+
+    def _running_losses(self) -> str:
+        if not self.options.progress:
+            return ""
+        return " ".join(f"{name} {s.loss / s.steps:.4g}"
+                        for name, s in self.state.epoch_sums.items())
+
+
+def _is_per_task(data) -> bool:
+    """A dict of data sets (per task), as opposed to one data set or a dict of tensors."""
+    return (
+        isinstance(data, Mapping) and bool(data)
+        and not any(isinstance(value, Tensor) for value in data.values())
+        and type(data).__name__ not in ("DatasetDict", "IterableDatasetDict")
+    )
+
+
+def _differences(saved: dict, now: dict, where: str = "") -> list[str]:
+    """``"key: old -> new"`` for every leaf where two signatures differ."""
+    found = []
+    for key in dict.fromkeys([*saved, *now]):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{where}{key} ")
+        elif old != new:
+            found.append(f"{where}{key} {old!r} -> {new!r}")
+    return found
+
+
+def _plain(value):
+    """A NumPy scalar as the Python number it holds (history rows stay plain values)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
