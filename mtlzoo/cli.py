@@ -1,18 +1,31 @@
-"""The ``mtlzoo`` command.
+"""The ``mtlzoo`` command (also ``python -m mtlzoo``).
 
     mtlzoo list                                   architectures and weightings
     mtlzoo train --model mmoe --data synthetic --weighting uncertainty --epochs 3
+    mtlzoo train --model mmoe --checkpoint run.pt  resumes from run.pt when it exists
     mtlzoo train --recipe imdb-agnews [--data-dir DIR]   sentiment + topic over one BiLSTM
     mtlzoo demo                   the synthetic suite at demo size: every architecture compared
     mtlzoo bench quality --suite synthetic|census [--size demo|full] [--weightings equal,dwa]
     mtlzoo bench speed            every architecture's train step against its loop version
+
+``--checkpoint PATH`` saves after every epoch; when PATH exists the run resumes from it (and
+only evaluates when it already holds --epochs epochs). A file that is not a checkpoint of
+this model, tasks and weighting stops the run, unless ``--force``: then it starts afresh and
+overwrites the file.
+
+Bad input, a missing or unreadable file and Ctrl-C end with one line on stderr
+(``mtlzoo: error: ...``, ``mtlzoo: interrupted``) and a non-zero exit status (1; 2 for a bad
+option; 130 for Ctrl-C). ``--debug``, given before the command (``mtlzoo --debug train
+...``), lets the exception propagate, with its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
+from pathlib import Path
 
 import mtlzoo
 
@@ -25,8 +38,29 @@ OUT_HELP = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.debug:
+        return _run(parser, args, argv)
+    try:
+        return _run(parser, args, argv)
+    except KeyboardInterrupt:
+        print("mtlzoo: interrupted", file=sys.stderr)
+        return 130
+    except (mtlzoo.MtlzooError, OSError) as error:
+        print("mtlzoo: error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlzoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="before the command: show the traceback of an error instead of one line",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the registered architectures and weightings")
@@ -38,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data-dir", help="the recipe's local files (imdb/ and ag_news/)")
     train.add_argument("--cache-dir", help="the datasets cache for the recipe's data")
     train.add_argument("--weighting", default="equal", choices=mtlzoo.list_weightings())
-    train.add_argument("--checkpoint", help="save here after every epoch")
+    train.add_argument(
+        "--checkpoint", help="save here after every epoch; resume from it when it exists"
+    )
+    train.add_argument(
+        "--force", action="store_true",
+        help="start afresh and overwrite a --checkpoint file that cannot be resumed from",
+    )
     _training_options(train, epochs=3)
 
     demo = commands.add_parser(
@@ -52,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     quality = suites.add_parser("quality", help="architectures compared on the same data")
     quality.add_argument("--suite", required=True, choices=("synthetic", "census"))
     quality.add_argument("--size", default="full", choices=("demo", "full"))
-    quality.add_argument("--rows", type=int, help="synthetic: rows per point (quick looks)")
-    quality.add_argument("--epochs", type=int, help="synthetic: epochs (quick looks)")
-    quality.add_argument("--seeds", type=int, help="synthetic: seeds (quick looks)")
+    quality.add_argument("--rows", type=_positive_int,
+                         help="synthetic: rows per point (quick looks)")
+    quality.add_argument("--epochs", type=_positive_int, help="synthetic: epochs (quick looks)")
+    quality.add_argument("--seeds", type=_positive_int, help="synthetic: seeds (quick looks)")
     quality.add_argument("--census-path", help="census: a folder with the CSV files")
     quality.add_argument(
         "--weightings", default="equal", type=_weightings,
@@ -66,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     speed = suites.add_parser(
         "speed", help="every architecture's train step against its loop version"
     )
-    speed.add_argument("--batch-size", type=int, default=1024)
-    speed.add_argument("--repeats", type=int, default=20)
+    speed.add_argument("--batch-size", type=_positive_int, default=1024)
+    speed.add_argument("--repeats", type=_positive_int, default=20)
     speed.add_argument("--out", default="results", help=OUT_HELP)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    command = "mtlzoo " + shlex.join(argv)
+    return parser
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    command = "mtlzoo " + shlex.join(argv)
     if args.command == "list":
         print("models:     " + " ".join(mtlzoo.list_models()))
         print("weightings: " + " ".join(mtlzoo.list_weightings()))
@@ -89,41 +131,97 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--rows", type=int, default=10_000, help="generated rows in all")
-    parser.add_argument("--correlation", type=float, default=0.5, help="of the two tasks")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=_positive_int, default=epochs,
+                        help="in all, counting those of a resumed --checkpoint")
+    parser.add_argument("--rows", type=_positive_int, default=10_000,
+                        help="generated rows in all")
+    parser.add_argument("--correlation", type=_probability, default=0.5,
+                        help="of the two tasks, in [0, 1]")
+    parser.add_argument("--batch-size", type=_positive_int, default=128)
+    parser.add_argument("--lr", type=_positive_float, default=1e-3)
+    parser.add_argument("--seed", type=_non_negative_int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _train(args: argparse.Namespace) -> int:
-    import torch
+def _checked(convert, accept, what: str):
+    """An argparse ``type=``: ``convert`` the text, keep it if ``accept``-ed, else an error
+    that argparse prints after the option's name."""
 
+    def check(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return check
+
+
+_positive_int = _checked(int, lambda value: value >= 1, "a positive integer")
+_non_negative_int = _checked(int, lambda value: value >= 0, "a non-negative integer")
+_positive_float = _checked(
+    float, lambda value: math.isfinite(value) and value > 0, "a positive finite number"
+)
+_probability = _checked(float, lambda value: 0 <= value <= 1, "a number in [0, 1]")
+
+
+def _train(args: argparse.Namespace) -> int:
     from mtlzoo.data import synthetic_tasks
 
     data = synthetic_tasks(
         args.rows, args.correlation, seed=args.seed,
         splits={"train": 0.8, "validation": 0.1, "test": 0.1},
     )
-    tasks = [mtlzoo.Task("y1", kind="regression"), mtlzoo.Task("y2", kind="regression")]
     print(
         f"Synthetic tasks (MMoE generator, PLE constants): {args.rows} rows, correlation "
         f"{args.correlation}, 512 features; {args.epochs} epochs of Adam (lr {args.lr}, batch "
         f"{args.batch_size}), weighting {args.weighting!r}, seed {args.seed}.",
         file=sys.stderr,
     )
+    trainer = _trainer(args)
+    if args.checkpoint and Path(args.checkpoint).exists():
+        trainer = _resume(trainer, args)
+    if trainer.epoch >= args.epochs:
+        print(f"{args.checkpoint} already holds {trainer.epoch} epoch(s), --epochs is "
+              f"{args.epochs}: evaluating only.", file=sys.stderr)
+    else:
+        trainer.fit(data["train"], eval=data["validation"], epochs=args.epochs,
+                    checkpoint=args.checkpoint)
+    print(trainer.evaluate(data["test"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _trainer(args: argparse.Namespace) -> mtlzoo.Trainer:
+    import torch
+
     torch.manual_seed(args.seed)
+    tasks = [mtlzoo.Task("y1", kind="regression"), mtlzoo.Task("y2", kind="regression")]
     model = mtlzoo.create_model(args.model, in_features=512, tasks=tasks)
-    trainer = mtlzoo.Trainer(
+    return mtlzoo.Trainer(
         model, weighting=args.weighting, lr=args.lr, batch_size=args.batch_size,
         seed=args.seed, progress=not args.quiet,
     )
-    trainer.fit(data["train"], eval=data["validation"], epochs=args.epochs,
-                checkpoint=args.checkpoint)
-    print(trainer.evaluate(data["test"]).to_string(float_format=lambda v: f"{v:.4f}"))
-    return 0
+
+
+def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer:
+    """The trainer loaded from the existing --checkpoint; with --force, when that fails, a
+    fresh one (built again: a failed load may have left part of the file's state behind)."""
+    try:
+        trainer.load(args.checkpoint)
+    except mtlzoo.MtlzooError as error:
+        if not args.force:
+            raise mtlzoo.MtlzooError(
+                f"{error}; pass --force to start afresh and overwrite {args.checkpoint}, or "
+                "choose another --checkpoint path"
+            ) from error
+        print(f"mtlzoo: {' '.join(str(error).split())}; --force: starting afresh, "
+              f"{args.checkpoint} will be overwritten.", file=sys.stderr)
+        return _trainer(args)
+    print(f"Resuming from {args.checkpoint}: epoch {trainer.epoch}, step {trainer.step}.",
+          file=sys.stderr)
+    return trainer
 
 
 def _weightings(text: str) -> tuple[str, ...]:
@@ -136,8 +234,6 @@ def _weightings(text: str) -> tuple[str, ...]:
 
 
 def _demo(args: argparse.Namespace, command: str) -> int:
-    from pathlib import Path
-
     from mtlzoo.bench import quality
 
     out = Path(args.out)
@@ -158,8 +254,6 @@ def _demo(args: argparse.Namespace, command: str) -> int:
 
 
 def _bench(args: argparse.Namespace, command: str) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from mtlzoo.bench import quality, speed
@@ -178,6 +272,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0
+    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the benchmark runs
     models = speed.every_model_grid()
     bar = tqdm(total=len(models), desc="speed", disable=None)
 
@@ -197,7 +292,6 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         f"2048x2048 fp32 matmul's ({table.matmul_gflops.iloc[0]:.0f} GFLOP/s, same run).",
         "", speed.markdown_table(table[columns]), "",
     ])
-    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "bench_speed_cpu.csv", index=False)
     (out / "bench_speed_cpu.md").write_text(markdown)
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
