@@ -18,7 +18,8 @@ from mtlzoo.errors import MtlzooError
 if TYPE_CHECKING:
     from mtlzoo.tasks import Task
 
-RowLoss = Callable[[Tensor, Tensor], Tensor]  # (logits (n, o), labels (n,)) -> losses (n,)
+# (logits (n, o), labels (n,)) -> losses (n,) or (n, 1)
+RowLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 def bce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -56,21 +57,18 @@ DEFAULT_LOSSES = {"binary": "bce", "multiclass": "cross_entropy", "regression": 
 
 def labelled_rows(task: Task, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(labels (n,), labelled (n,) bool)``: checked labels (0 where missing) and the rows
-    that carry one. A labelled value outside the task's range raises ``MtlzooError``."""
+    that carry one. Labels and mask may be ``(n,)`` or ``(n, 1)``. A labelled value outside
+    the task's range raises ``MtlzooError``."""
     if labels.dim() == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.dim() != 1:
         raise MtlzooError(
-            f"task {task.name!r}: labels must have shape (n,), got {tuple(labels.shape)}"
+            f"task {task.name!r}: labels must have shape (n,) or (n, 1), got "
+            f"{tuple(labels.shape)}"
         )
     labelled = torch.ones_like(labels, dtype=torch.bool)
     if mask is not None:
-        if mask.shape != labels.shape:
-            raise MtlzooError(
-                f"task {task.name!r}: mask of shape {tuple(mask.shape)} for labels of shape "
-                f"{tuple(labels.shape)}"
-            )
-        labelled = mask.to(torch.bool)
+        labelled = _per_row(task, "mask", mask, len(labels)).to(torch.bool)
     if labels.is_floating_point():
         labelled = labelled & ~labels.isnan()
     bad = labelled & ~_in_range(task, labels)
@@ -88,6 +86,17 @@ def labelled_rows(task: Task, labels: Tensor, mask: Tensor | None = None) -> tup
     return torch.where(labelled, labels, torch.zeros_like(labels)), labelled
 
 
+def _per_row(task: Task, what: str, values: Tensor, n: int) -> Tensor:
+    """``values`` of shape (n,) or (n, 1) as (n,); any other shape raises ``MtlzooError``."""
+    rows = values[:, 0] if values.dim() == 2 and values.shape[1] == 1 else values
+    if rows.shape != (n,):
+        raise MtlzooError(
+            f"task {task.name!r}: {what} of shape {tuple(values.shape)} for {n} rows; "
+            f"expected ({n},) or ({n}, 1)"
+        )
+    return rows
+
+
 def _in_range(task: Task, labels: Tensor) -> Tensor:
     if task.kind == "regression":
         return labels.isfinite() if labels.is_floating_point() else torch.ones_like(labels) == 1
@@ -103,27 +112,45 @@ def task_loss(
     labels: Tensor,
     mask: Tensor | None = None,
     weights: Tensor | None = None,
+    *,
+    weight_key: str | None = None,
 ) -> Tensor | None:
     """The weighted mean of the task's row losses over its labelled rows:
-    ``sum_n w_n m_n l_n / sum_n w_n m_n``; None when no row is labelled (or all weights are 0)."""
+    ``sum_n w_n m_n l_n / sum_n w_n m_n``; None when no row is labelled (or all weights are 0).
+
+    ``logits`` must be ``(n, task.out_features)``; labels, mask, weights and the row losses
+    of a custom loss ``(n,)`` or ``(n, 1)``. Another shape raises ``MtlzooError``, naming the
+    weights' batch column ``weight_key`` when given. The weight values are checked by
+    :func:`check_row_weights`, not here.
+    """
     labels, labelled = labelled_rows(task, labels, mask)
-    if len(labels) != len(logits):
+    n = len(labels)
+    if logits.shape != (n, task.out_features):
         raise MtlzooError(
-            f"task {task.name!r}: {len(labels)} labels for {len(logits)} rows of logits"
+            f"task {task.name!r}: logits of shape {tuple(logits.shape)} for {n} labels; "
+            f"expected ({n}, {task.out_features}) for a {task.kind} task"
         )
     row_weights = labelled.to(logits.dtype)
     if weights is not None:
+        weights = _per_row(task, _weights_name(weight_key), weights, n)
         row_weights = row_weights * weights.to(logits.dtype)
     total = row_weights.sum()
     if not labelled.any() or total == 0:
         return None
-    return (task.row_loss(logits, labels) * row_weights).sum() / total
+    row_losses = _per_row(task, "its loss function's output", task.row_loss(logits, labels), n)
+    return (row_losses * row_weights).sum() / total
 
 
-def check_row_weights(weights: Tensor) -> None:
-    """Per-row sample weights must be finite and non-negative."""
+def check_row_weights(weights: Tensor, *, weight_key: str | None = None) -> None:
+    """Per-row sample weights must be finite and non-negative; errors name the batch column
+    ``weight_key`` when given."""
     bad = ~weights.isfinite() | (weights < 0)
     if bad.any():
         raise MtlzooError(
-            f"sample weights must be finite and non-negative, got {weights[bad][0].item()!r}"
+            f"{_weights_name(weight_key)} must be finite and non-negative, "
+            f"got {weights[bad][0].item()!r}"
         )
+
+
+def _weights_name(weight_key: str | None) -> str:
+    return "sample weights" if weight_key is None else f"sample weights (column {weight_key!r})"

@@ -5,6 +5,12 @@ with :class:`~mtlzoo.errors.MtlzooError`. Vectors may be given as ``(n,)`` or ``
 An empty set (``n == 0``) gives ``nan`` for every metric. Select the labelled rows of a
 task before calling; these functions know nothing of masks.
 
+A ``nan`` prediction never gives a number: ``auc``, ``accuracy`` and the regression metrics
+return ``nan`` (``accuracy`` also for a non-finite label; ``auc`` ranks ``±inf`` scores as
+any other), ``macro_f1`` raises, since its predicted classes must be class indices.
+:func:`task_metrics` goes further: a non-finite logit or prediction (``nan`` or ``±inf``:
+the model has diverged) makes every metric of the task ``nan``.
+
 >>> import torch
 >>> auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
 0.75
@@ -155,11 +161,13 @@ def auc(scores: Tensor, labels: Tensor) -> float:
 
 
 def accuracy(pred_classes: Tensor, labels: Tensor) -> float:
-    """Fraction of rows where the predicted class equals the label; ``nan`` when empty."""
+    """Fraction of rows where the predicted class equals the label; ``nan`` when empty or
+    when a predicted class or label is not finite."""
     p, y = _vector_pair("accuracy", "pred_classes", pred_classes, "labels", labels)
-    if p.shape[0] == 0:
+    p, y = _f64(p), _f64(y)
+    if p.shape[0] == 0 or not bool(p.isfinite().all() and y.isfinite().all()):
         return NAN
-    return (_f64(p) == _f64(y)).to(torch.float64).mean().item()
+    return (p == y).to(torch.float64).mean().item()
 
 
 def macro_f1(pred_classes: Tensor, labels: Tensor, num_classes: int) -> float:
@@ -235,7 +243,8 @@ def task_metrics(kind: str, logits: Tensor, labels: Tensor) -> dict[str, float]:
       ``macro_f1`` over the C classes, ``log_loss`` (mean cross-entropy).
     * ``"regression"``: predictions ``(n, 1)`` or ``(n,)``: ``mse``, ``rmse``, ``r2``, ``mae``.
 
-    An empty set gives ``nan`` for every metric.
+    An empty set, or any non-finite logit or prediction, gives ``nan`` for every metric
+    (the labels are checked first).
     """
     if kind not in KIND_METRICS:
         raise MtlzooError(
@@ -253,26 +262,26 @@ def task_metrics(kind: str, logits: Tensor, labels: Tensor) -> dict[str, float]:
     y = _vector("labels", labels)
     z_name = "predictions" if kind == "regression" else "logits"
     _same_length(f"{kind} task", z_name, logits, "labels", labels)
-    if z.shape[0] == 0:
+    if kind == "binary":
+        y = _binary_labels("labels", y)
+    elif kind == "multiclass":
+        y = _class_indices("labels", y, z.shape[1])
+    z = _f64(z)
+    if z.shape[0] == 0 or not bool(z.isfinite().all()):
         return dict.fromkeys(KIND_METRICS[kind], NAN)
 
     if kind == "binary":
-        is_pos = _binary_labels("labels", y)
-        z = _f64(z)
         return {
             "auc": auc(z, y),
-            "accuracy": ((z > 0) == is_pos).to(torch.float64).mean().item(),
-            "log_loss": F.binary_cross_entropy_with_logits(z, is_pos.to(z.dtype)).item(),
+            "accuracy": ((z > 0) == y).to(torch.float64).mean().item(),
+            "log_loss": F.binary_cross_entropy_with_logits(z, y.to(z.dtype)).item(),
         }
     if kind == "multiclass":
-        num_classes = z.shape[1]
-        classes = _class_indices("labels", y, num_classes)
-        z = _f64(z)
         pred = z.argmax(dim=1)
         return {
-            "accuracy": (pred == classes).to(torch.float64).mean().item(),
-            "macro_f1": macro_f1(pred, classes, num_classes),
-            "log_loss": F.cross_entropy(z, classes.to(z.device)).item(),
+            "accuracy": (pred == y).to(torch.float64).mean().item(),
+            "macro_f1": macro_f1(pred, y, z.shape[1]),
+            "log_loss": F.cross_entropy(z, y.to(z.device)).item(),
         }
     return {
         "mse": mse(z, y),

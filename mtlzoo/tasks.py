@@ -17,8 +17,8 @@ class Task:
 
     ``kind`` is ``"binary"`` (one logit), ``"multiclass"`` (``num_classes`` logits) or
     ``"regression"`` (one value). ``loss`` names a loss from ``mtlzoo.losses.LOSSES`` that
-    fits the kind, or is a function ``(logits (n, o), labels (n,)) -> (n,)`` row losses;
-    by default BCE with logits, cross-entropy and MSE.
+    fits the kind, or is a function ``(logits (n, o), labels (n,)) -> (n,)`` row losses
+    (``(n, 1)`` is read as ``(n,)``); by default BCE with logits, cross-entropy and MSE.
 
     >>> Task("topic", kind="multiclass", num_classes=4).out_features
     4

@@ -208,27 +208,30 @@ def test_fixed_weights_follow_the_task_names_not_the_step_order():
     assert weighting.weights(losses).tolist() == [3.0, 2.0]
 
 
-def test_uncertainty_drives_weighted_losses_to_one():
-    weighting = make("uncertainty")
-    losses = {"a": torch.tensor(100.0), "b": torch.tensor(0.01)}
+def test_uncertainty_drives_weighted_losses_to_one_half():
+    """The optimum: s = log L for regression (a bare name), s = log 2L for classification."""
+    tasks = (mtlzoo.Task("a", kind="regression"), mtlzoo.Task("b"), "c")
+    weighting = make("uncertainty", tasks=tasks)
+    loss = torch.tensor([100.0, 0.01, 3.0])
+    losses = dict(zip(("a", "b", "c"), loss, strict=True))
     optimizer = torch.optim.Adam(weighting.parameters(), lr=0.05)
     for _ in range(1500):
         optimizer.zero_grad()
         weighting.backward(losses, [], [])
         optimizer.step()
-    torch.testing.assert_close(weighting.log_vars.detach(), torch.tensor([100.0, 0.01]).log(),
-                               atol=2e-3, rtol=0)
+    torch.testing.assert_close(weighting.log_vars.detach(),
+                               (loss * torch.tensor([1.0, 2.0, 1.0])).log(), atol=2e-3, rtol=0)
     weights = weighting.weights(losses)
-    torch.testing.assert_close(weights * torch.tensor([100.0, 0.01]), torch.ones(2), atol=2e-3,
-                               rtol=0)
+    torch.testing.assert_close(weights * loss, torch.full((3,), 0.5), atol=2e-3, rtol=0)
 
 
 def test_uncertainty_total_is_the_documented_formula():
-    weighting = make("uncertainty")
+    weighting = make("uncertainty", tasks=(mtlzoo.Task("a", kind="regression"),
+                                           mtlzoo.Task("b", kind="multiclass", num_classes=3)))
     with torch.no_grad():
         weighting.log_vars.copy_(torch.tensor([0.5, -1.0]))
     losses = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
-    expected = math.exp(-0.5) * 2.0 + 0.5 + math.exp(1.0) * 3.0 - 1.0
+    expected = 0.5 * math.exp(-0.5) * 2.0 + 0.25 + math.exp(1.0) * 3.0 - 0.5
     total = weighting.total(losses, weighting.weights(losses))
     assert total.item() == pytest.approx(expected, rel=1e-14)
 
@@ -364,7 +367,7 @@ def test_pcgrad_projects_two_conflicting_gradients():
     for grads, expected in (((g1, g2), p1 + p2), ((g2, g1), p2 + p1)):
         update, weights = weighting.combine(torch.stack(grads), torch.ones(2))
         torch.testing.assert_close(update, expected)
-        assert torch.equal(weights, torch.ones(2))
+        torch.testing.assert_close(update, weights @ torch.stack(grads))
     torch.testing.assert_close(p1 + p2, torch.tensor([0.5, 1.5]))
 
 
@@ -549,8 +552,7 @@ def test_gradient_method_gradients(name):
     torch.testing.assert_close(flat_grad(shared), expected_update)
     torch.testing.assert_close(weights, expected_weights)
     torch.testing.assert_close(flat_grad(specific), jacobian(losses(), specific).sum(dim=0))
-    if name != "pcgrad":  # the others' weights are the coefficients of their update
-        torch.testing.assert_close(expected_update, expected_weights @ grads)
+    torch.testing.assert_close(expected_update, expected_weights @ grads)  # weights applied
 
 
 @pytest.mark.parametrize("name", BUILTIN)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.tasks import Task
 
 
 class Weighting(nn.Module):
@@ -23,16 +24,24 @@ class Weighting(nn.Module):
     encoder's output when the model has an encoder and the step made one forward pass
     (None otherwise; MGDA-UB reads it). It must leave the gradient of
     the update in ``.grad`` of every parameter that has one (accumulating, as
-    ``Tensor.backward`` does) and return the weights it applied, one per task in ``losses``.
+    ``Tensor.backward`` does) and return the weights it applied, one per task in ``losses``:
+    the coefficient of each task's loss (or raw gradient) in the update.
     Learnable state (``nn.Parameter``) is optimised by the trainer's optimizer together with
     the model; ``after_step()`` runs after each optimizer step, ``epoch_end(mean_losses)``
     after each epoch. State to checkpoint lives in parameters, buffers and
     ``get_extra_state``.
+
+    ``task_names`` holds the tasks, each a name or an ``mtlzoo.Task``; ``self.task_names``
+    keeps their names, ``self.task_kinds`` their kinds by name (None for a bare name).
     """
 
-    def __init__(self, task_names: Sequence[str]) -> None:
+    def __init__(self, task_names: Sequence[str | Task]) -> None:
         super().__init__()
-        self.task_names = tuple(task_names)
+        self.task_names = check_task_names(task_names)
+        self.task_kinds: dict[str, str | None] = {
+            name: task.kind if isinstance(task, Task) else None
+            for name, task in zip(self.task_names, task_names, strict=True)
+        }
 
     def backward(
         self,
@@ -102,6 +111,27 @@ class GradientWeighting(Weighting):
         accumulate_flat(shared, update)
         accumulate_flat(specific, specific_grads.sum(dim=0))
         return weights.detach()
+
+
+def check_task_names(task_names: object) -> tuple[str, ...]:
+    """The names of a non-empty sequence of distinct tasks, each a non-empty name or an
+    ``mtlzoo.Task``, as a tuple."""
+    if isinstance(task_names, str) or not isinstance(task_names, Sequence) or not task_names:
+        raise MtlzooError(
+            f"task_names must be a non-empty list of task names or mtlzoo.Task objects, "
+            f"got {task_names!r}"
+        )
+    names = []
+    for task in task_names:
+        if not isinstance(task, Task) and (not isinstance(task, str) or not task):
+            raise MtlzooError(
+                f"a task must be a non-empty name or an mtlzoo.Task, got {task!r}"
+            )
+        names.append(task.name if isinstance(task, Task) else task)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise MtlzooError(f"duplicate task names: {duplicates}")
+    return tuple(names)
 
 
 def task_index(task_names: Sequence[str], names: Sequence[str]) -> list[int]:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.tasks import Task
 from mtlzoo.weighting.base import LossWeighting, task_index
 from mtlzoo.weighting.registry import (
     GeneratorState,
@@ -44,7 +45,7 @@ class Fixed(LossWeighting):
 
     task_weights: Tensor
 
-    def __init__(self, task_names: Sequence[str], *, weights: Mapping[str, float]) -> None:
+    def __init__(self, task_names: Sequence[str | Task], *, weights: Mapping[str, float]) -> None:
         super().__init__(task_names)
         if not isinstance(weights, Mapping):
             raise MtlzooError(f"weights must be a dict task name -> weight, got {weights!r}")
@@ -73,29 +74,37 @@ class Uncertainty(LossWeighting):
     for Scene Geometry and Semantics." IEEE/CVF Conference on Computer Vision and Pattern
     Recognition (CVPR), 2018. arXiv:1705.07115
 
-    The paper minimises ``L_t / (2 sigma_t^2) + log sigma_t`` for a regression task and
-    ``L_t / sigma_t^2 + log sigma_t`` for a classification task. mtlzoo uses one form for
-    every task, with ``s_t = log sigma_t^2`` (initialised to 0) for numerical stability::
+    The paper's terms, ``L_t / (2 sigma_t^2) + log sigma_t`` for a regression task and
+    ``L_t / sigma_t^2 + log sigma_t`` for a classification task, in ``s_t = log sigma_t^2``
+    (the ``nn.Parameter`` ``log_vars``, initialised to 0, which the trainer's optimizer
+    updates with the model)::
 
-        total = sum_t exp(-s_t) L_t + s_t,        w_t = exp(-s_t)
+        regression:           0.5 exp(-s_t) L_t + 0.5 s_t,     w_t = 0.5 exp(-s_t)
+        binary, multiclass:       exp(-s_t) L_t + 0.5 s_t,     w_t = exp(-s_t)
 
-    (the classification form, doubled; the common implementation). For a fixed loss the
-    optimum is ``s_t = log L_t``, i.e. ``w_t L_t = 1``. ``log_vars`` is an ``nn.Parameter``
-    that the trainer's optimizer updates with the model.
+    The total is the sum of these terms; ``w_t``, the multipliers of the losses, are the
+    returned weights. The kind comes from the ``mtlzoo.Task`` given for the task; a task
+    given by name alone takes the regression form. For a fixed loss the optimum is
+    ``s_t = log L_t`` (regression) or ``log 2 L_t`` (classification); either way
+    ``w_t L_t = 1/2``.
     """
 
-    def __init__(self, task_names: Sequence[str]) -> None:
+    loss_scales: Tensor
+
+    def __init__(self, task_names: Sequence[str | Task]) -> None:
         super().__init__(task_names)
         self.log_vars = nn.Parameter(torch.zeros(len(self.task_names)))
-
-    def _log_vars(self, losses: dict[str, Tensor]) -> Tensor:
-        return self.log_vars[task_index(self.task_names, list(losses))]
+        scales = [1.0 if kind in ("binary", "multiclass") else 0.5
+                  for kind in self.task_kinds.values()]
+        self.register_buffer("loss_scales", torch.tensor(scales), persistent=False)
 
     def weights(self, losses: dict[str, Tensor]) -> Tensor:
-        return torch.exp(-self._log_vars(losses))
+        index = task_index(self.task_names, list(losses))
+        return self.loss_scales[index] * torch.exp(-self.log_vars[index])
 
     def total(self, losses: dict[str, Tensor], weights: Tensor) -> Tensor:
-        return (weights * _stack(losses) + self._log_vars(losses)).sum()
+        log_vars = self.log_vars[task_index(self.task_names, list(losses))]
+        return (weights * _stack(losses) + 0.5 * log_vars).sum()
 
 
 @register_weighting("dwa")
@@ -117,7 +126,7 @@ class DWA(LossWeighting):
 
     loss_history: Tensor
 
-    def __init__(self, task_names: Sequence[str], *, temperature: float = 2.0) -> None:
+    def __init__(self, task_names: Sequence[str | Task], *, temperature: float = 2.0) -> None:
         super().__init__(task_names)
         self.temperature = check_real("temperature", temperature, positive=True)
         history = torch.full((2, len(self.task_names)), math.nan)
@@ -160,7 +169,7 @@ class RLW(GeneratorState, LossWeighting):
     in ``state_dict()``.
     """
 
-    def __init__(self, task_names: Sequence[str], *, seed: int | None = None) -> None:
+    def __init__(self, task_names: Sequence[str | Task], *, seed: int | None = None) -> None:
         super().__init__(task_names)
         self.generator = seeded_generator(seed)
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mtlzoo.tasks import Task
 from mtlzoo.weighting.base import GradientWeighting
 from mtlzoo.weighting.gradients import gram_matrix
 from mtlzoo.weighting.registry import GeneratorState, register_weighting, seeded_generator
@@ -33,12 +34,15 @@ class PCGrad(GeneratorState, GradientWeighting):
     The orders come from the weighting's own generator (``seed``; None takes one from
     torch's global RNG), checkpointed in ``state_dict()``. Every ``g_i^PC`` is a combination
     of the raw gradients, so the projections run on the (t, t) Gram matrix (float64, all
-    tasks at once, one step per position in the orders) and the update is one
-    ``einsum('s,sp->p', ...)`` over the raw gradients. The returned weights are ones: the
-    weight each projected gradient gets in the sum.
+    tasks at once, one step per position in the orders): ``g_i^PC = sum_s c_is g_s`` and::
+
+        w_s = sum_i c_is,     update = einsum('s,sp->p', w, grads)
+
+    The returned weights are the weights applied, ``w``: the coefficient of each task's raw
+    gradient in the update (1 for every task when no two gradients conflict).
     """
 
-    def __init__(self, task_names: Sequence[str], *, seed: int | None = None) -> None:
+    def __init__(self, task_names: Sequence[str | Task], *, seed: int | None = None) -> None:
         super().__init__(task_names)
         self.generator = seeded_generator(seed)
 
@@ -53,4 +57,5 @@ class PCGrad(GeneratorState, GradientWeighting):
             dots = (coefs * gram[others]).sum(dim=1)  # g_i^PC . g_j
             conflict = (dots < 0) & (others != tasks)
             coefs[tasks, others] -= torch.where(conflict, dots / gram[others, others], 0.0)
-        return coefs.sum(dim=0).to(grads) @ grads, torch.ones_like(losses)
+        weights = coefs.sum(dim=0).to(grads)
+        return weights @ grads, weights

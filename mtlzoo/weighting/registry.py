@@ -1,5 +1,5 @@
 """The weighting registry, and the helpers the registered methods share (option checks,
-task lookup, seeded generators)."""
+seeded generators)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import TypeVar
 import torch
 
 from mtlzoo.errors import MtlzooError, suggest
-from mtlzoo.weighting.base import Weighting
+from mtlzoo.tasks import Task
+from mtlzoo.weighting.base import Weighting, check_task_names
 
 W = TypeVar("W", bound=type[Weighting])
 
@@ -57,13 +58,14 @@ def get_weighting_class(name: str) -> type[Weighting]:
     return _WEIGHTINGS[name]
 
 
-def create_weighting(name: str, task_names: Sequence[str], **options) -> Weighting:
-    """Build the weighting registered as ``name`` for the tasks ``task_names``.
+def create_weighting(name: str, task_names: Sequence[str | Task], **options) -> Weighting:
+    """Build the weighting registered as ``name`` for the tasks ``task_names``: names, or
+    ``mtlzoo.Task`` objects (``model.tasks``), which also give each task's kind.
 
     >>> create_weighting("dwa", ["click", "topic"], temperature=2.0)   # doctest: +SKIP
     """
     cls = get_weighting_class(name)
-    task_names = check_task_names(task_names)
+    check_task_names(task_names)
     parameters = inspect.signature(cls.__init__).parameters.values()
     open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters)
     accepted = {
@@ -81,21 +83,7 @@ def create_weighting(name: str, task_names: Sequence[str], **options) -> Weighti
     missing = [p.name for p in accepted.values() if p.default is p.empty and p.name not in options]
     if missing:
         raise MtlzooError(f"weighting {name!r} needs the option(s) {', '.join(missing)}")
-    return cls(task_names, **options)
-
-
-def check_task_names(task_names: object) -> tuple[str, ...]:
-    """A non-empty sequence of distinct, non-empty task names, as a tuple."""
-    if isinstance(task_names, str) or not isinstance(task_names, Sequence) or not task_names:
-        raise MtlzooError(f"task_names must be a non-empty list of names, got {task_names!r}")
-    for task in task_names:
-        if not isinstance(task, str) or not task:
-            raise MtlzooError(f"task names must be non-empty strings, got {task!r}")
-    names = list(task_names)
-    duplicates = sorted({task for task in names if names.count(task) > 1})
-    if duplicates:
-        raise MtlzooError(f"duplicate task names: {duplicates}")
-    return tuple(names)
+    return cls(tuple(task_names), **options)
 
 
 def check_real(name: str, value: object, *, positive: bool = False) -> float:
