@@ -126,7 +126,7 @@ def synthetic(size: str = "demo", out: Path = RESULTS, progress: bool = True,
 
     stem = out / f"quality_synthetic_{size}"
     runs = run_grid(points, run, stem.with_name(stem.name + "_runs.csv"), progress=progress,
-                    description=f"synthetic ({size})")
+                    description=f"synthetic ({size})", results=("y1_mse", "y2_mse", "train_s"))
     summary, claims = summarise_synthetic(runs)
     summary.to_csv(stem.with_suffix(".csv"), index=False)
     figure = _synthetic_figure(runs, stem.with_suffix(".png"))
@@ -309,7 +309,8 @@ def census(size: str = "full", out: Path = RESULTS, path: str | None = None,
 
     stem = out / f"quality_census_{size}"
     runs = run_grid(points, run, stem.with_name(stem.name + "_runs.csv"), progress=progress,
-                    description=f"census ({size})")
+                    description=f"census ({size})",
+                    results=("main_auc", "aux_auc", "best_epoch", "train_s"))
     summary = summarise_census(runs)
     summary.to_csv(stem.with_suffix(".csv"), index=False)
     lines = [

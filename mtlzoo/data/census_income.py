@@ -11,6 +11,7 @@ deviations are fitted on ``train`` alone. docs/data_census.md has the details.
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -147,6 +148,9 @@ def census_income(
         raise MtlzooError(f"seed must be a non-negative integer, got {seed!r}")
     train_file, test_file = _files(path)
     train, test = _read(train_file), _read(test_file)
+    if len(test) < 2:
+        raise MtlzooError(f"census_income: {str(test_file)!r} holds {len(test)} row; the test "
+                          "file needs at least 2, split 1:1 into validation and test")
 
     import datasets  # imported here: mtlzoo itself stays light to import
     import numpy as np
@@ -210,6 +214,10 @@ def _files(path: str | os.PathLike | None) -> tuple[Path, Path]:
         where = repr(str(folder))
     for train_name, test_name in FILE_NAMES:
         train, test = folder / train_name, folder / test_name
+        for file in (train, test):
+            if file.exists() and not file.is_file():
+                kind = "a folder" if file.is_dir() else "not a regular file"
+                raise MtlzooError(f"census_income: {str(file)!r} is {kind}, not a file")
         if train.is_file() and test.is_file():
             return train, test
         if train.is_file() or test.is_file():
@@ -221,14 +229,36 @@ def _files(path: str | os.PathLike | None) -> tuple[Path, Path]:
 
 
 def _read(file: Path) -> pandas.DataFrame:
+    """The file's rows as text, each of the 42 columns checked to be there and the label to
+    be one of :data:`INCOME_LABELS`; any fault is an MtlzooError naming the file, with the
+    reader's error as its cause."""
+    import zlib
+
     import pandas as pd
 
+    name = repr(str(file))
     try:
         frame = pd.read_csv(file, header=None, dtype=str, skipinitialspace=True,
                             keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise MtlzooError(f"census_income: cannot read {str(file)!r} as a {len(COLUMNS)}-column "
-                          f"CSV file: {str(error).strip()}") from None
+    except pd.errors.EmptyDataError as error:
+        raise MtlzooError(f"census_income: {name} is empty (no rows)") from error
+    except pd.errors.ParserError as error:
+        raise MtlzooError(f"census_income: cannot read {name} as a {len(COLUMNS)}-column "
+                          f"CSV file: {str(error).strip()}") from error
+    except UnicodeDecodeError as error:
+        gzipped = file.suffix != ".gz" and _starts_with(file, b"\x1f\x8b")
+        hint = " (it is gzip-compressed: name it with .gz or unpack it)" if gzipped else ""
+        raise MtlzooError(f"census_income: cannot read {name} as a {len(COLUMNS)}-column "
+                          f"CSV file: byte {error.start} is not UTF-8 text{hint}") from error
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # the .gz files
+        what = ("is cut short, not a whole gzip file" if isinstance(error, EOFError) else
+                "is not a gzip file" if str(error).startswith("Not a gzipped file") else
+                "is a damaged gzip file")
+        raise MtlzooError(f"census_income: {name} {what} ({str(error).strip()}); download it "
+                          "again") from error
+    except OSError as error:
+        raise MtlzooError(f"census_income: cannot read {name}: "
+                          f"{error.strerror or str(error).strip()}") from error
     if frame.shape[1] != len(COLUMNS):
         raise MtlzooError(f"census_income: {str(file)!r} has {frame.shape[1]} columns, "
                           f"expected {len(COLUMNS)}")
@@ -237,10 +267,19 @@ def _read(file: Path) -> pandas.DataFrame:
     if bad.any():
         row = int(bad.to_numpy().argmax())
         value = frame["income_label"].iat[row]
-        hint = " (a row with too few fields?)" if value == "" else ""
+        hint = (" (a row with too few fields?)" if value == "" else
+                " (a header line? the census files have none)" if row == 0 else "")
         raise MtlzooError(f"census_income: {str(file)!r} row {row + 1}: label {value!r} is not "
                           f"one of {INCOME_LABELS}{hint}")
     return frame
+
+
+def _starts_with(file: Path, magic: bytes) -> bool:
+    try:
+        with file.open("rb") as handle:
+            return handle.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _numbers(frame: pandas.DataFrame, file: Path):
