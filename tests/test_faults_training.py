@@ -326,3 +326,12 @@ def test_resuming_with_a_new_lr_honours_it(saved):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # same data, epoch boundary: nothing to warn about
         t.fit(data(64), epochs=2)
+
+
+def test_bad_sample_weights_name_their_column():
+    x = torch.randn(32, D)
+    t = trainer(weight_key="w")
+    labels = {"click": (x[:, 0] > 0).long(), "price": x[:, 1]}
+    for weights in (-torch.ones(32), torch.ones(32, 2)):
+        with pytest.raises(MtlzooError, match="column 'w'"):
+            t.fit({"x": x, **labels, "w": weights}, steps=1)

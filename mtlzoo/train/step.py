@@ -64,7 +64,7 @@ class BatchReader:
         mask = batch.get(f"{name}_mask")
         weights = batch.get(self.weight_key)
         if weights is not None:
-            check_row_weights(weights)
+            check_row_weights(weights, weight_key=self.weight_key)
         return tuple(_to(t, self.device) if t is not None else None
                      for t in (batch[key], mask, weights))
 
@@ -85,13 +85,13 @@ class TrainStep:
         self.model.train()
         representations: list[Tensor] = []  # the encoder's outputs in this step (MGDA-UB)
         encoder = self.model.encoder
-        hook = encoder and encoder.register_forward_hook(
+        hook = None if encoder is None else encoder.register_forward_hook(
             lambda module, args, output: representations.append(output)
         )
         try:
             losses, aux = self._losses(step_batches)
         finally:
-            if hook:
+            if hook is not None:
                 hook.remove()
         if not losses:
             return {}  # no labelled row in the step: nothing to learn from
@@ -122,7 +122,8 @@ class TrainStep:
             aux = out.aux_loss if aux is None else aux + out.aux_loss
             for name, logits in out.logits.items():
                 labels = self.reader.labels(batch, name, per_task=task_name is not JOINT)
-                loss = task_loss(self.tasks[name], logits, *labels)
+                loss = task_loss(self.tasks[name], logits, *labels,
+                                 weight_key=self.reader.weight_key)
                 if loss is not None:
                     losses[name] = loss
         return losses, aux
