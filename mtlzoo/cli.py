@@ -206,8 +206,8 @@ def _trainer(args: argparse.Namespace) -> mtlzoo.Trainer:
 
 
 def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer:
-    """The trainer loaded from the existing --checkpoint; with --force, when that fails, a
-    fresh one (built again: a failed load may have left part of the file's state behind)."""
+    """The trainer loaded from the existing --checkpoint; with --force, when that fails, the
+    trainer as it was (a load that fails changes nothing)."""
     try:
         trainer.load(args.checkpoint)
     except mtlzoo.MtlzooError as error:
@@ -218,7 +218,7 @@ def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer
             ) from error
         print(f"mtlzoo: {' '.join(str(error).split())}; --force: starting afresh, "
               f"{args.checkpoint} will be overwritten.", file=sys.stderr)
-        return _trainer(args)
+        return trainer
     print(f"Resuming from {args.checkpoint}: epoch {trainer.epoch}, step {trainer.step}.",
           file=sys.stderr)
     return trainer
