@@ -335,3 +335,11 @@ def test_bad_sample_weights_name_their_column():
     for weights in (-torch.ones(32), torch.ones(32, 2)):
         with pytest.raises(MtlzooError, match="column 'w'"):
             t.fit({"x": x, **labels, "w": weights}, steps=1)
+
+
+def test_a_fit_with_nothing_left_to_do_says_so():
+    t = trainer()
+    t.fit(data(64), steps=2)
+    with pytest.warns(UserWarning, match="already at step 2, and steps=2"):
+        t.fit(data(64), steps=2)
+    assert t.step == 2

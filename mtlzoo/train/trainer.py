@@ -173,6 +173,13 @@ class Trainer:
                 return True
             return self.state.epoch >= limit if by_epochs else self.state.step >= limit
 
+        if finished():
+            done = f"epoch {self.state.epoch}" if by_epochs else f"step {self.state.step}"
+            why = (f"{'epochs' if by_epochs else 'steps'}={limit} counts those done"
+                   if (self.state.epoch if by_epochs else self.state.step) >= limit
+                   else f"early stopping has seen {patience} epochs without improvement")
+            warnings.warn(f"nothing to train: the run is already at {done}, and {why}",
+                          UserWarning, stacklevel=2)
         try:
             for event in self._run(schedule, eval, finished):
                 every = checkpoint_every and self.state.step % checkpoint_every == 0
