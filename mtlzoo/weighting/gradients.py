@@ -7,10 +7,13 @@ Axes: t tasks, p flattened parameters.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from mtlzoo.errors import MtlzooError
 
 
 def task_gradients(
@@ -109,32 +112,185 @@ def frank_wolfe(
     return torch.tensor(w, dtype=gram.dtype)
 
 
-def min_norm_weights(gram: Tensor, *, max_iter: int = 1000, tol: float = 1e-10) -> Tensor:
-    """The weights ``w`` in the simplex minimising ``||sum_t w_t g_t||^2 = w^T M w``.
+EPS = sys.float_info.epsilon
+KKT_TOL = 1e-10  # of max_t M_tt: how far min_norm_weights may miss the optimality conditions
+
+
+def min_norm_weights(gram: Tensor) -> Tensor:
+    """The weights ``w`` in the simplex minimising ``||sum_t w_t g_t||^2 = w^T M w``, exactly.
 
     ``gram`` is ``M`` (t, t), float64 on the CPU (see ``gram_matrix``). One task gives
-    ``[1]``; two tasks the exact closed form: the weight of ``g_1`` is
-    ``clip((g_2 - g_1).g_2 / ||g_1 - g_2||^2, 0, 1)``. More tasks start from the best such
-    pair, as the MGDA reference code does, and run Frank-Wolfe (``frank_wolfe``) with its
-    exact quadratic line search.
+    ``[1]``; two tasks the closed form: the weight of ``g_1`` is
+    ``clip((g_2 - g_1).g_2 / ||g_1 - g_2||^2, 0, 1)``. More tasks: an active-set method
+    (``min_norm_active_set``) on ``M / max_t M_tt`` with its negative eigenvalues (rounding,
+    in a Gram matrix) set to 0, whose answer is checked against the optimality conditions:
+    ``(M w)_t >= w^T M w`` for every task, with equality where ``w_t > 0``, to
+    ``KKT_TOL * max_t M_tt``. A miss raises ``MtlzooError`` rather than return a point that
+    is not the minimum.
     """
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
+        raise MtlzooError(
+            f"gram must be a (t, t) matrix with t >= 1, got shape {tuple(gram.shape)}"
+        )
+    if not gram.isfinite().all():
+        i, j = (~gram.isfinite()).nonzero()[0].tolist()
+        raise MtlzooError(f"gram must be finite, got {gram[i, j].item()} at ({i}, {j})")
     t = gram.shape[0]
     if t == 1:
         return gram.new_ones(1)
-    diag = gram.diagonal()
-    # every pair (i, j) at once: gamma_ij is g_i's weight on the segment [g_i, g_j]
-    gap = diag[:, None] - 2 * gram + diag[None, :]
-    gamma = ((diag[None, :] - gram) / gap.clamp_min(torch.finfo(gap.dtype).tiny)).clamp(0, 1)
-    gamma = torch.where(gap > 0, gamma, 1.0)
-    norms = gamma**2 * diag[:, None] + 2 * gamma * (1 - gamma) * gram + (1 - gamma) ** 2 * diag
-    i, j = divmod(int(norms.argmin()), t)
-    weights = gram.new_zeros(t)
-    weights[i] += gamma[i, j]
-    weights[j] += 1 - gamma[i, j]
     if t == 2:
-        return weights
+        (a, c), (c_t, b) = gram.tolist()
+        c = (c + c_t) / 2
+        gap = a - 2 * c + b
+        first = min(max((b - c) / gap, 0.0), 1.0) if gap > 0 else 1.0
+        return gram.new_tensor([first, 1 - first])
+    scale = 2 * gram.diagonal().max().clamp_min(torch.finfo(gram.dtype).tiny)
+    values, vectors = torch.linalg.eigh((gram + gram.T) / scale)
+    m = ((vectors * values.clamp_min(0)) @ vectors.T).tolist()
+    w = min_norm_active_set(m)
+    total = sum(w)
+    w = [wi / total for wi in w]
+    mw = [sum(mij * wj for mij, wj in zip(row, w, strict=True)) for row in m]
+    value = sum(wi * x for wi, x in zip(w, mw, strict=True))
+    miss = max(value - min(mw), max(x - value for x, wi in zip(mw, w, strict=True) if wi > 0))
+    if not miss <= KKT_TOL:
+        raise MtlzooError(
+            f"min_norm_weights: the weights {w} miss the optimality conditions by {miss:.3g} "
+            f"of max_t M_tt (tolerance {KKT_TOL}) for gram={gram.tolist()}"
+        )
+    return gram.new_tensor(w)
 
-    def quadratic_step(q0: float, q1: float, q2: float, to: int, away: int) -> float:
-        return -q1 / q2 if q2 > 0 else math.inf
 
-    return frank_wolfe(gram, weights, lambda w, mw: mw, quadratic_step, max_iter=max_iter, tol=tol)
+def min_norm_active_set(m: list[list[float]]) -> list[float]:
+    """The weights ``w`` (t,) in the simplex minimising ``w^T M w``, ``M`` (t, t) positive
+    semi-definite with ``max_t M_tt = 1``, as lists of floats.
+
+    A primal active-set method (Wolfe's min-norm-point algorithm, Math. Programming 1976):
+    from the vertex of the shortest gradient, each step adds the task ``k`` of smallest slope
+    ``(M w)_k`` to the support and moves to the minimum on its affine hull (``active_step``).
+    Where rounding stalls that (a support affinely dependent to working precision, such as
+    two copies of one gradient in a float32 Gram matrix), the step is the best exchange of
+    weight between one task of the support and ``k`` (``exchange``). Every step lowers
+    ``w^T M w`` (``move``). It stops at the optimum, where no slope on the support exceeds the
+    smallest by more than ``16 t eps``, or when no step lowers ``w^T M w`` (``100 t`` steps at
+    most).
+    """
+    t = len(m)
+    k = min(range(t), key=lambda i: m[i][i])
+    w = [0.0] * t
+    w[k] = 1.0
+    slope = [row[k] for row in m]
+    order = [k]  # the support, in the order its tasks joined it
+    rows: dict[tuple[int, ...], list[float]] = {}  # affine_min's Cholesky rows, kept
+    for _ in range(100 * t):
+        k = min(range(t), key=slope.__getitem__)
+        if max(slope[i] for i in order) - slope[k] <= 16 * t * EPS:
+            break
+        trial = list(dict.fromkeys([*order, k]))
+        v = active_step(m, w, trial, rows)
+        new_slope, change = move(m, w, slope, v)
+        if not change < 0:
+            v = exchange(m, w, slope, k)
+            new_slope, change = move(m, w, slope, v)
+            if not change < 0:
+                break
+        w, slope, order = v, new_slope, [i for i in trial if v[i] > 0]
+    return w
+
+
+def move(
+    m: list[list[float]], w: list[float], slope: list[float], v: list[float]
+) -> tuple[list[float], float]:
+    """The slopes ``M v`` and the change ``v^T M v - w^T M w`` for ``w``, ``v`` in the simplex,
+    as ``sum_i (v_i - w_i) ((M v)_i + (M w)_i - 2 w^T M w)``: exact to rounding where the
+    change is far below ``w^T M w``, unlike the difference of the two values."""
+    nonzero = [(j, vj) for j, vj in enumerate(v) if vj]
+    new_slope = [sum(row[j] * vj for j, vj in nonzero) for row in m]
+    twice = 2 * sum(wi * x for wi, x in zip(w, slope, strict=True))
+    change = sum((vi - wi) * (a + b - twice)
+                 for vi, wi, a, b in zip(v, w, new_slope, slope, strict=True))
+    return new_slope, change
+
+
+def active_step(
+    m: list[list[float]], w: list[float], trial: list[int], rows: dict[tuple[int, ...], list[float]]
+) -> list[float]:
+    """From ``w``, the minimum of ``w^T M w`` on the affine hull of ``trial`` (its support and
+    one task more); where that minimum has a weight <= 0, as far towards it as the simplex
+    allows, dropping the task whose weight reaches 0 and solving again; where a solve fails,
+    the point reached so far."""
+    u = w
+    while True:
+        v = affine_min(m, trial, rows)
+        if v is None:
+            return u
+        # the step along u -> v at which each weight going negative reaches 0
+        ratios = {i: u[i] / (u[i] - v[i]) if u[i] > 0 else 0.0 for i in trial if v[i] <= 0}
+        if not ratios:
+            return v
+        alpha = min(ratios.values())
+        trial = [i for i in trial if ratios.get(i, math.inf) > alpha]
+        u = [ui + alpha * (vi - ui) if i in trial else 0.0
+             for i, (ui, vi) in enumerate(zip(u, v, strict=True))]
+
+
+def exchange(m: list[list[float]], w: list[float], slope: list[float], k: int) -> list[float]:
+    """``w`` after the best exchange: weight moved from one task ``j`` of the support to task
+    ``k``, by the exact line search along ``e_k - e_j``, capped at ``w_j``."""
+
+    def step(j: int) -> float:
+        q1, q2 = slope[k] - slope[j], m[k][k] - 2 * m[k][j] + m[j][j]
+        return min(-q1 / q2, w[j]) if q2 > 0 else w[j]
+
+    def gain(j: int) -> float:
+        q1, q2 = slope[k] - slope[j], m[k][k] - 2 * m[k][j] + m[j][j]
+        gamma = step(j)
+        return -(2 * gamma * q1 + gamma * gamma * q2)
+
+    j = max((i for i in range(len(w)) if w[i] > 0 and i != k), key=gain)
+    v = list(w)
+    gamma = step(j)
+    v[k] += gamma
+    v[j] = 0.0 if gamma == w[j] else w[j] - gamma
+    return v
+
+
+def affine_min(
+    m: list[list[float]], support: list[int], rows: dict[tuple[int, ...], list[float]]
+) -> list[float] | None:
+    """The weights ``w`` (t,) minimising ``w^T M w`` subject to ``sum w = 1`` and ``w = 0``
+    off ``support`` (S); None where S is affinely dependent to working precision.
+
+    ``w_S`` is ``y / sum y`` for ``y = B^-1 1``, ``B = M_SS + 1 1^T`` (Wolfe 1976): the
+    optimality conditions ``M_SS w_S = mu 1``, ``sum w_S = 1`` give ``B w_S = (mu + 1) 1``,
+    and ``B`` is positive definite for affinely independent gradients. Solved by Cholesky on
+    Python floats (float64), for t <= ~16 far cheaper than tensor calls. Row ``a`` of the
+    factor depends on ``S[:a + 1]`` alone: ``rows`` keeps them by that prefix, so a support
+    grown by one task costs one new row.
+    """
+    chol: list[list[float]] = []  # lower triangular, row a has a + 1 entries
+    for a, i in enumerate(support):
+        key = tuple(support[: a + 1])
+        if key not in rows:
+            row: list[float] = []
+            for b, lower in enumerate(chol):
+                dot = sum(x * y for x, y in zip(row, lower, strict=False))
+                row.append((m[i][support[b]] + 1 - dot) / lower[b])
+            square = m[i][i] + 1 - sum(x * x for x in row)
+            if not square > 0:
+                return None
+            rows[key] = [*row, math.sqrt(square)]
+        chol.append(rows[key])
+    z: list[float] = []  # forward: chol z = 1
+    for a, row in enumerate(chol):
+        z.append((1 - sum(x * y for x, y in zip(row, z, strict=False))) / row[a])
+    y = [0.0] * len(support)  # backward: chol^T y = z
+    for a in range(len(support) - 1, -1, -1):
+        y[a] = (z[a] - sum(chol[b][a] * y[b] for b in range(a + 1, len(support)))) / chol[a][a]
+    total = sum(y)
+    if not (total > 0 and all(map(math.isfinite, y))):
+        return None
+    w = [0.0] * len(m)
+    for i, yi in zip(support, y, strict=True):
+        w[i] = yi / total
+    return w

@@ -34,8 +34,8 @@ class MGDA(GradientWeighting):
     ``||g_t||``, ``"loss"`` ``L_t``, ``"loss+"`` ``L_t ||g_t||``; the update uses the raw
     gradients, as the code's ``sum_t alpha_t L_t`` does. The loss normalisations expect
     positive losses; a zero ``n_t`` counts as 1. The returned weights are ``alpha``
-    (sum 1). Solved with the exact two-task closed form and Frank-Wolfe beyond
-    (``gradients.min_norm_weights``); one task gives ``alpha = [1]``.
+    (sum 1), solved exactly (``gradients.min_norm_weights``): one task gives ``alpha = [1]``,
+    two the closed form, more an active-set method checked against the optimality conditions.
 
     MGDA-UB (``upper_bound=True``, the default, the paper's efficient form): where the
     trainer hands over the shared representation ``Z`` (the encoder's output, for a model
