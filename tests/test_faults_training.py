@@ -340,6 +340,169 @@ def test_bad_sample_weights_name_their_column():
 def test_a_fit_with_nothing_left_to_do_says_so():
     t = trainer()
     t.fit(data(64), steps=2)
-    with pytest.warns(UserWarning, match="already at step 2, and steps=2"):
+    with pytest.warns(UserWarning, match="nothing to train at step 2.*steps=2 reached"):
         t.fit(data(64), steps=2)
     assert t.step == 2
+
+
+# --- found by review: early stopping, loaders, per-task order, atomic failures -------------
+
+
+def test_early_stopping_never_rewinds_a_run_that_only_paused():
+    joint, held_out = data(128), data(64, seed=3)
+    whole = trainer()
+    whole.fit(joint, eval=held_out, steps=12, early_stopping="price/mse", patience=5)
+    paused = trainer()
+    paused.fit(joint, eval=held_out, steps=6, early_stopping="price/mse", patience=5)
+    paused.fit(joint, eval=held_out, steps=12, early_stopping="price/mse", patience=5)
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(paused.model.state_dict()[key], value), key
+
+
+def test_a_fit_without_early_stopping_keeps_its_own_weights():
+    t = trainer()
+    t.fit(data(128), eval=data(64, seed=3), epochs=2, early_stopping="price/mse")
+    kept = t.state.stopping.weights
+    t.fit(data(128), epochs=4)  # no early stopping asked: trained weights, not the kept ones
+    assert t.state.stopping.epoch is not None and len(t.history) == 4
+    assert any(not torch.equal(v, kept[k]) for k, v in t.model.state_dict().items())
+
+
+@pytest.mark.parametrize("column", ["click/mse", "price/auc", "price/f1"])
+def test_an_early_stopping_metric_the_task_does_not_have_is_refused(column):
+    with pytest.raises(MtlzooError, match="early_stopping"):
+        trainer().fit(data(), eval=data(64), epochs=1, early_stopping=column)
+
+
+def test_early_stopping_on_a_task_the_eval_data_lacks_is_refused():
+    per_task = {"click": {"x": torch.randn(40, D), "label": torch.ones(40).long()},
+                "price": {"x": torch.randn(40, D), "label": torch.randn(40)}}
+    with pytest.raises(MtlzooError, match=r"early_stopping.*'price'"):
+        trainer().fit(per_task, eval={"click": per_task["click"]}, epochs=1,
+                      early_stopping="price/mse")
+
+
+def test_a_failed_fit_changes_nothing(tmp_path):
+    t = trainer()
+    t.fit(data(), eval=data(64), epochs=1, early_stopping="price/mse")
+    before = dataclasses.replace(t.state.stopping)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MtlzooError, match="checkpoint"):
+        t.fit(data(), eval=data(64), epochs=2, early_stopping="click/accuracy",
+              checkpoint=tmp_path / "file" / "run.pt")
+    assert t.state.stopping == before
+
+
+def test_a_fixed_order_loader_with_dropout_resumes_exactly(tmp_path):
+    rows = data(96)
+    loader = torch.utils.data.DataLoader(
+        [{k: v[i] for k, v in rows.items()} for i in range(96)], batch_size=32
+    )
+    whole = trainer(model(dropout=0.3))
+    whole.fit(loader, epochs=2)
+    first = trainer(model(dropout=0.3))
+    first.fit(loader, steps=4, checkpoint=tmp_path / "run.pt")  # mid-epoch 2
+    second = trainer(model(dropout=0.3))
+    second.load(tmp_path / "run.pt")
+    second.fit(loader, epochs=2)
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[key], value), key
+
+
+def per_task_data() -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return {"click": {"x": torch.randn(70, D, generator=g), "label": torch.ones(70).long()},
+            "price": {"x": torch.randn(100, D, generator=g), "label": torch.randn(100)}}
+
+
+@pytest.mark.parametrize("sampling", ["round_robin", "temperature"])
+def test_the_order_of_a_per_task_dict_does_not_matter(tmp_path, sampling):
+    forward = per_task_data()
+    backward = dict(reversed(list(forward.items())))
+    whole = trainer(sampling=sampling)
+    whole.fit(forward, epochs=2)
+    first = trainer(sampling=sampling)
+    first.fit(forward, steps=2, checkpoint=tmp_path / "run.pt")
+    second = trainer(sampling=sampling)
+    second.load(tmp_path / "run.pt")
+    second.fit(backward, epochs=2)
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[key], value), key
+
+
+def test_a_mid_epoch_resume_with_another_temperature_is_refused(tmp_path):
+    first = trainer(sampling="temperature", temperature=2.0)
+    first.fit(per_task_data(), steps=2, checkpoint=tmp_path / "run.pt")
+    second = trainer(sampling="temperature", temperature=5.0)
+    second.load(tmp_path / "run.pt")
+    with pytest.raises(MtlzooError, match="temperature"):
+        second.fit(per_task_data(), epochs=1)
+
+
+def rewrite(path, change) -> None:
+    from mtlzoo.train import read_checkpoint, write_checkpoint
+
+    payload = read_checkpoint(path)
+    change(payload)
+    write_checkpoint(path, payload)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: p["rng"].pop("python"),
+        lambda p: p["weighting"]["state"].update(bogus=torch.ones(5)),
+        lambda p: p["optimizer"]["state"]["param_groups"][0]["params"].pop(),
+        lambda p: p["trainer"].update(step="3"),
+        lambda p: p["trainer"]["history"].append("a row"),
+    ],
+    ids=["rng", "weighting-state", "optimizer-group", "step-type", "history-row"],
+)
+def test_a_checksummed_file_with_wrong_contents_changes_nothing(saved, change):
+    rewrite(saved, change)
+    t = trainer()
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with pytest.raises(MtlzooError, match=saved.name):
+        t.load(saved)
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())
+    assert torch.equal(torch.get_rng_state(), rng) and t.state.step == 0
+
+
+def test_a_file_cut_inside_its_header_is_called_truncated(saved):
+    saved.write_bytes(saved.read_bytes()[:30])
+    with pytest.raises(MtlzooError, match="truncated"):
+        trainer().load(saved)
+
+
+def test_a_checkpoint_gets_the_usual_file_mode(saved):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~umask
+
+
+def test_fixed_weights_given_now_win_over_the_checkpoint(tmp_path):
+    path = tmp_path / "run.pt"
+    trainer(weighting={"click": 1.0, "price": 1.0}).fit(data(64), epochs=1, checkpoint=path)
+    t = trainer(weighting={"click": 5.0, "price": 0.0})
+    t.load(path)
+    t.fit(data(64), epochs=2)
+    assert list(t.history["price/weight"]) == [1.0, 0.0]
+
+
+def test_a_non_finite_aux_loss_stops_the_step(monkeypatch):
+    t = trainer()
+    forward = t.model.forward
+
+    def nan_aux(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        return out._replace(aux_loss=out.aux_loss + math.nan)
+
+    monkeypatch.setattr(t.model, "forward", nan_aux)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    with pytest.raises(MtlzooError, match=r"aux_loss is nan at step 1"):
+        t.fit(data(), steps=1)
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())

@@ -86,7 +86,10 @@ class IterableBatches(Batches):
         return {"loader": type(self.data).__name__, "batches": len(self)}
 
     def passes(self, pass_id: int, skip: int = 0) -> Iterator[Batch]:
-        iterator = iter(self.data)
+        # a DataLoader draws its base seed from torch's RNG when a pass starts; a fork keeps
+        # that draw out of the RNG that dropout uses, so resuming mid-pass replays it exactly
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(self.data)
         for _ in range(skip):
             next(iterator, None)
         for batch in iterator:

@@ -44,8 +44,8 @@ class Position:
 class JointSchedule:
     """One batch a step from one source."""
 
-    def __init__(self, source: Batches, name: str = "the training data") -> None:
-        self.source, self.name = source, name
+    def __init__(self, source: Batches) -> None:
+        self.source = source
 
     def steps_per_epoch(self) -> int:
         """The expected number of steps (a hint for progress bars)."""
@@ -62,11 +62,12 @@ class JointSchedule:
             steps += 1
             yield {JOINT: batch}, Position(steps)
         if steps == 0:
-            raise MtlzooError(f"{self.name} yielded no batches in epoch {epoch + 1}")
+            raise MtlzooError(f"the training data yielded no batches in epoch {epoch + 1}")
 
 
 class TaskSchedule:
-    """Batches of several per-task sources, combined into steps by ``sampling``."""
+    """Batches of several per-task sources, combined into steps by ``sampling`` (one of
+    ``SAMPLING``; ``temperature`` > 0, both checked by the trainer's options)."""
 
     def __init__(
         self,
@@ -75,11 +76,8 @@ class TaskSchedule:
         temperature: float = 2.0,
         seed: int = 0,
     ) -> None:
-        if sampling not in SAMPLING:
-            raise MtlzooError(f"unknown sampling {sampling!r}; expected one of {SAMPLING}")
-        if sampling == "temperature" and not temperature > 0:
-            raise MtlzooError(f"temperature must be positive, got {temperature!r}")
         self.sources, self.sampling, self.seed = dict(sources), sampling, seed
+        self.temperature = temperature if sampling == "temperature" else None
         sizes = torch.tensor([len(s) for s in self.sources.values()], dtype=torch.float64)
         power = 1.0 / temperature if sampling == "temperature" else 1.0
         self.probabilities = sizes**power / (sizes**power).sum()
@@ -90,8 +88,8 @@ class TaskSchedule:
         return max(lengths) if self.sampling == "round_robin" else sum(lengths)
 
     def signature(self) -> dict:
-        return {"sampling": self.sampling,
-                **{f"task {name!r}": s.signature() for name, s in self.sources.items()}}
+        sampling = {"sampling": self.sampling, "temperature": self.temperature}
+        return {**sampling, **{f"task {name!r}": s.signature() for name, s in self.sources.items()}}
 
     def epoch(self, epoch: int, position: Position = Position()) -> Iterator[
         tuple[dict[str | None, Batch], Position]

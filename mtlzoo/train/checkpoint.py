@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +36,9 @@ def write_checkpoint(path: str | Path, payload: dict) -> None:
     header = b"%s %d sha256 %s %d\n" % (
         MAGIC, FORMAT, hashlib.sha256(body).hexdigest().encode(), len(body)
     )
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    # O_EXCL: a name of our own; mode 0o666 less the umask, as for any file (not mkstemp's 0600)
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(header)
@@ -44,7 +47,7 @@ def write_checkpoint(path: str | Path, payload: dict) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
 
@@ -66,7 +69,7 @@ def read_checkpoint(path: str | Path, map_location=None) -> dict:
     line, newline, body = raw.partition(b"\n")
     parts = line.split(b" ")
     if not (newline and line.startswith(MAGIC) and len(parts) == 6 and parts[5].isdigit()):
-        if MAGIC.startswith(raw):
+        if MAGIC.startswith(raw) or (raw.startswith(MAGIC) and not newline):
             raise MtlzooError(f"{where} is truncated: it ends inside its header")
         kind = "a torch.save file" if raw.startswith(b"PK") else "it has no mtlzoo header"
         raise MtlzooError(f"{where} is not an mtlzoo checkpoint ({kind})")

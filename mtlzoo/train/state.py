@@ -88,13 +88,27 @@ class TrainerState:
                 f"the trainer state is of version {state['version']!r}; this mtlzoo reads "
                 f"version {VERSION}"
             )
+        for key in ("step", "epoch"):
+            _count(key, state[key])
+        _kind("data", state["data"], (dict, type(None)))
+        _kind("history", state["history"], list)
+        for row in state["history"]:
+            _kind("a history row", row, dict)
         position = state["position"]
         _fields("the position", position, ["steps", "streams"])
+        _count("the position's steps", position["steps"])
+        _kind("the position's streams", position["streams"], dict)
+        for name, at in position["streams"].items():
+            if not (isinstance(at, (list, tuple)) and len(at) == 2):
+                raise MtlzooError(f"the position of task {name!r} is {at!r}, not (pass, batch)")
+            for value in at:
+                _count(f"the position of task {name!r}", value)
         stopping = state["stopping"]
         if stopping is not None:
             _fields("the early-stopping record", stopping, [f.name for f in
                                                             fields(EarlyStopping)])
         sums = state["epoch_sums"]
+        _kind("epoch_sums", sums, dict)
         for value in sums.values():
             _fields("the loss sums", value, [f.name for f in fields(LossSums)])
         return cls(
@@ -113,3 +127,13 @@ def _fields(what: str, value: object, names: list[str]) -> None:
     if not isinstance(value, dict) or sorted(value) != sorted(names):
         found = sorted(value) if isinstance(value, dict) else type(value).__name__
         raise MtlzooError(f"{what} has fields {found}, expected {sorted(names)}")
+
+
+def _kind(what: str, value: object, kinds: type | tuple[type, ...]) -> None:
+    if not isinstance(value, kinds):
+        raise MtlzooError(f"{what} is a {type(value).__name__} in the trainer state")
+
+
+def _count(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MtlzooError(f"{what} is {value!r} in the trainer state, not a count")

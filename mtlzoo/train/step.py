@@ -48,9 +48,8 @@ class BatchReader:
             return _to(batch[self.input_key], self.device)
         return {key: _to(batch[key], self.device) for key in keys}
 
-    def labels(self, batch: Batch, name: str, per_task: bool
-               ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``(labels, mask or None, row weights or None)`` of task ``name``."""
+    def labels(self, batch: Batch, name: str, per_task: bool) -> tuple[Tensor, Tensor | None]:
+        """``(labels, mask or None)`` of task ``name``."""
         key = self.label_keys.get(name, name)
         if per_task and key not in batch and name not in self.label_keys and "label" in batch:
             key = "label"  # a per-task dataset's one label column (IMDb, AG News, ...)
@@ -61,12 +60,14 @@ class BatchReader:
                 f"are {sorted(batch)}.{suggest(key, batch)} Set Trainer(label_keys=...) to "
                 "map it"
             )
-        mask = batch.get(f"{name}_mask")
+        return _to(batch[key], self.device), _to(batch.get(f"{name}_mask"), self.device)
+
+    def row_weights(self, batch: Batch) -> Tensor | None:
+        """The batch's per-row sample weights (checked), or None."""
         weights = batch.get(self.weight_key)
         if weights is not None:
             check_row_weights(weights, weight_key=self.weight_key)
-        return tuple(_to(t, self.device) if t is not None else None
-                     for t in (batch[key], mask, weights))
+        return _to(weights, self.device)
 
 
 class TrainStep:
@@ -95,12 +96,15 @@ class TrainStep:
                 hook.remove()
         if not losses:
             return {}  # no labelled row in the step: nothing to learn from
-        values = torch.stack([loss.detach() for loss in losses.values()]).tolist()
-        for name, value in zip(losses, values, strict=True):
+        # one host sync for every loss and the model's aux_loss (last)
+        stacked = torch.stack([*losses.values(), aux.to(next(iter(losses.values())).dtype)])
+        *values, aux_value = stacked.detach().tolist()
+        for name, value in [*zip(losses, values, strict=True), (None, aux_value)]:
             if not math.isfinite(value):
-                raise NonFiniteLoss(f"task {name!r}: the loss is {value} at step {number}")
+                what = "the model's aux_loss" if name is None else f"task {name!r}: the loss"
+                raise NonFiniteLoss(f"{what} is {value} at step {number}")
         self.optimizer.zero_grad(set_to_none=True)
-        if aux is not None and aux.requires_grad:
+        if aux.requires_grad:
             aux.backward(retain_graph=True)
         weights = self.weighting.backward(
             losses, self.model.shared_parameters(), self.model.task_parameters(),
@@ -113,16 +117,17 @@ class TrainStep:
         return dict(zip(losses, zip(values, weights.tolist(), strict=True), strict=True))
 
     def _losses(self, step_batches: dict[str | None, Batch]
-                ) -> tuple[dict[str, Tensor], Tensor | None]:
+                ) -> tuple[dict[str, Tensor], Tensor]:
         losses: dict[str, Tensor] = {}
         aux = None
         for task_name, batch in step_batches.items():
             out = self.model(self.reader.inputs(batch),
                              tasks=None if task_name is JOINT else [task_name])
             aux = out.aux_loss if aux is None else aux + out.aux_loss
+            weights = self.reader.row_weights(batch)
             for name, logits in out.logits.items():
-                labels = self.reader.labels(batch, name, per_task=task_name is not JOINT)
-                loss = task_loss(self.tasks[name], logits, *labels,
+                labels, mask = self.reader.labels(batch, name, per_task=task_name is not JOINT)
+                loss = task_loss(self.tasks[name], logits, labels, mask, weights,
                                  weight_key=self.reader.weight_key)
                 if loss is not None:
                     losses[name] = loss

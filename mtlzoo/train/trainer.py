@@ -13,6 +13,7 @@ The weighting (``mtlzoo.weighting``) turns the per-task losses into the update.
 
 from __future__ import annotations
 
+import copy
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from mtlzoo.data.batches import as_batches
 from mtlzoo.data.schedule import JOINT, JointSchedule, Position, TaskSchedule
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import labelled_rows, task_loss
-from mtlzoo.metrics import METRIC_DIRECTIONS, task_metrics
+from mtlzoo.metrics import KIND_METRICS, METRIC_DIRECTIONS, task_metrics
 from mtlzoo.models.base import MultiTaskModel
 from mtlzoo.train.checkpoint import (
     check_fits,
@@ -147,12 +148,13 @@ class Trainer:
 
         ``early_stopping`` names an eval column of the history (``"income/auc"``,
         ``"y1/mse"``; its direction from ``mtlzoo.metrics.METRIC_DIRECTIONS``): training
-        stops after ``patience`` epochs without improvement, and the weights of the best
-        epoch are restored (``best_epoch``).
+        stops after ``patience`` epochs without improvement, and when the run ends at an
+        epoch's end the weights of the best epoch are restored (``best_epoch``).
 
         An epoch ends when its data ends. A run resumed mid-epoch must see the data it was
         saved with (rows, batch size, seed, sampling); otherwise ``MtlzooError`` says what
-        changed. At an epoch boundary other data is taken, with a warning."""
+        changed. At an epoch boundary other data is taken, with a warning. Every argument
+        is checked before anything changes."""
         if (epochs is None) == (steps is None):
             raise MtlzooError("give exactly one of epochs= and steps=")
         by_epochs = epochs is not None
@@ -161,27 +163,38 @@ class Trainer:
             _checks.positive_int("checkpoint_every", checkpoint_every)
         _checks.positive_int("patience", patience)
         if early_stopping is not None:
-            self._start_early_stopping(early_stopping, eval)
+            self._check_early_stopping(early_stopping, eval)
         schedule = self._schedule(train)
-        self._check_data(schedule)
+        changed = self._check_data(schedule)
         if checkpoint is not None:
             checkpoint = check_writable(checkpoint)
 
-        def finished() -> bool:
-            stopping = self.state.stopping
-            if early_stopping and stopping is not None and stopping.bad_epochs >= patience:
-                return True
-            return self.state.epoch >= limit if by_epochs else self.state.step >= limit
+        # every check passed: from here on the state changes
+        if changed:
+            warnings.warn(f"epoch {self.state.epoch + 1} starts on other data than the "
+                          f"checkpoint's: {changed}", UserWarning, stacklevel=2)
+        self._resumed = False
+        stopping = self.state.stopping
+        if early_stopping is not None and (stopping is None or
+                                           stopping.column != early_stopping):
+            self.state.stopping = EarlyStopping(
+                early_stopping, METRIC_DIRECTIONS.get(early_stopping.split("/")[1]) != "max"
+            )
 
-        if finished():
-            done = f"epoch {self.state.epoch}" if by_epochs else f"step {self.state.step}"
-            why = (f"{'epochs' if by_epochs else 'steps'}={limit} counts those done"
-                   if (self.state.epoch if by_epochs else self.state.step) >= limit
-                   else f"early stopping has seen {patience} epochs without improvement")
-            warnings.warn(f"nothing to train: the run is already at {done}, and {why}",
-                          UserWarning, stacklevel=2)
+        def stop_reason() -> str | None:
+            state, stopping = self.state, self.state.stopping
+            if (state.epoch if by_epochs else state.step) >= limit:
+                return f"{'epochs' if by_epochs else 'steps'}={limit} reached"
+            if early_stopping and stopping.bad_epochs >= patience:
+                return f"{patience} epochs without a better {early_stopping}"
+            return None
+
+        if stop_reason():
+            warnings.warn(f"nothing to train at step {self.state.step}, epoch "
+                          f"{self.state.epoch}: {stop_reason()} (counting the steps and "
+                          "epochs done)", UserWarning, stacklevel=2)
         try:
-            for event in self._run(schedule, eval, finished):
+            for event in self._run(schedule, eval, stop_reason, bool(early_stopping)):
                 every = checkpoint_every and self.state.step % checkpoint_every == 0
                 if checkpoint is not None and (event != "step" or every):
                     self.save(checkpoint)
@@ -193,35 +206,35 @@ class Trainer:
                 f"{error}; the last good checkpoint, {str(path)!r} (step {step}), is unchanged"
             ) from None
         stopping = self.state.stopping
-        if stopping is not None and stopping.weights is not None:
+        if early_stopping and not self.state.mid_epoch and stopping.weights is not None:
             self.model.load_state_dict(stopping.weights)
         return self.history
 
-    def _run(self, schedule, eval, finished: Callable[[], bool]) -> Iterator[str]:
-        """Train until ``finished()``; yields ``"step"`` after every step, ``"epoch"`` after
-        every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint)."""
+    def _run(self, schedule, eval, stop_reason: Callable[[], str | None], early: bool
+             ) -> Iterator[str]:
+        """Train until ``stop_reason()``; yields ``"step"`` after every step, ``"epoch"``
+        after every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint)."""
         state = self.state
-        while not finished():
+        while not stop_reason():
             state.data = self._signature(schedule)
             bar = self._bar(schedule.steps_per_epoch())
-            steps = schedule.epoch(state.epoch, state.position)
-            upcoming = next(steps, None)
-            while upcoming is not None:
-                batches, position = upcoming
+            for (batches, position), last in _with_last(
+                schedule.epoch(state.epoch, state.position)
+            ):
                 self._record(self._step(batches, state.step + 1))
                 state.step += 1
                 state.position = position
                 bar.update()
                 bar.set_postfix_str(self._running_losses())
-                upcoming = next(steps, None)  # None: the epoch's data has ended
-                if upcoming is not None:
-                    if finished():
-                        bar.close()
-                        yield "stop"
-                        return
-                    yield "step"
+                if last:
+                    break
+                if stop_reason():
+                    bar.close()
+                    yield "stop"
+                    return
+                yield "step"
             bar.close()
-            self._end_epoch(eval)
+            self._end_epoch(eval, early)
             yield "epoch"
 
     def _record(self, result: dict[str, tuple[float, float]]) -> None:
@@ -231,7 +244,9 @@ class Trainer:
             sums.weight += weight
             sums.steps += 1
 
-    def _end_epoch(self, eval) -> None:
+    def _end_epoch(self, eval, early: bool) -> None:
+        """Close the epoch: the weighting's epoch end, the history row (with ``eval``'s
+        metrics), and with ``early`` stopping the record of the best epoch."""
         state = self.state
         self.weighting.epoch_end({name: s.loss / s.steps for name, s in state.epoch_sums.items()
                                   if s.steps})
@@ -242,27 +257,41 @@ class Trainer:
         if eval is not None:
             for name, metrics in self.evaluate(eval).iterrows():
                 row.update({f"{name}/{key}": _plain(value) for key, value in metrics.items()})
-        state.history.append(row)
-        if state.stopping is not None:
-            state.stopping.update(row.get(state.stopping.column), row["epoch"], lambda: {
+        if early:
+            column = state.stopping.column
+            if column not in row:
+                raise MtlzooError(
+                    f"early_stopping={column!r}: the evaluation gave no such column (it gave "
+                    f"{[key for key in row if '/' in key]}); does the eval data label the task?"
+                )
+            state.stopping.update(row[column], row["epoch"], lambda: {
                 k: v.detach().clone() for k, v in self.model.state_dict().items()
             })
+        state.history.append(row)
         state.epoch += 1
         state.position = Position()
         state.epoch_sums = {}
 
-    def _start_early_stopping(self, column: str, eval) -> None:
+    def _check_early_stopping(self, column: str, eval) -> None:
         if eval is None:
             raise MtlzooError("early_stopping needs eval= data to measure")
-        task, _, metric = column.partition("/")
-        if task not in self.tasks or metric not in [*METRIC_DIRECTIONS, "loss"]:
+        task, _, metric = column.partition("/") if isinstance(column, str) else ("", "", "")
+        if task not in self.tasks:
             raise MtlzooError(
                 f"early_stopping={column!r} must be '<task>/<metric>' with a task of "
-                f"{list(self.tasks)} and a metric of {[*METRIC_DIRECTIONS, 'loss']}"
+                f"{list(self.tasks)}.{suggest(task, self.tasks)}"
             )
-        minimise = METRIC_DIRECTIONS.get(metric, "min") == "min"
-        if self.state.stopping is None or self.state.stopping.column != column:
-            self.state.stopping = EarlyStopping(column, minimise)
+        metrics = ["loss", *KIND_METRICS[self.tasks[task].kind]]
+        if metric not in metrics:
+            raise MtlzooError(
+                f"early_stopping={column!r}: a {self.tasks[task].kind} task has the metrics "
+                f"{metrics}"
+            )
+        if _is_per_task(eval) and task not in eval:
+            raise MtlzooError(
+                f"early_stopping={column!r}: the eval data has no dataset for task {task!r} "
+                f"(it has {list(eval)})"
+            )
 
     # --- evaluation -----------------------------------------------------------------------
 
@@ -280,7 +309,7 @@ class Trainer:
             for batch in source.passes(0):
                 out = self.model(self.reader.inputs(batch), tasks=task_name and [task_name])
                 for name, logits in out.logits.items():
-                    labels, mask, _ = self.reader.labels(batch, name, task_name is not JOINT)
+                    labels, mask = self.reader.labels(batch, name, task_name is not JOINT)
                     labels, labelled = labelled_rows(self.tasks[name], labels, mask)
                     kept = collected.setdefault(name, ([], []))
                     kept[0].append(logits[labelled].float().cpu())
@@ -304,8 +333,8 @@ class Trainer:
         atomically and with a checksum (``mtlzoo.train.checkpoint``). A model whose weights
         are no longer finite is never saved: ``MtlzooError``, and the file stays as it was."""
         path = Path(path)
-        self._check_finite(path)
         model_state = self.model.state_dict()
+        self._check_finite(path, model_state)
         weighting_state = self.weighting.state_dict()
         optimizer_state = self.optimizer.state_dict()
         write_checkpoint(path, {
@@ -320,10 +349,10 @@ class Trainer:
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by ``save``; the next ``fit`` continues where it
         stopped. The file is verified (checksum) and checked against this trainer (model
-        class, tasks, parameter shapes, weighting and optimizer kind) before anything is
-        changed: ``MtlzooError`` says what differs. The optimizer's hyperparameters (``lr``,
-        ``weight_decay``, ...) stay those this trainer was built with, so a resume may
-        change them."""
+        class, tasks, parameter shapes, weighting and optimizer kind): ``MtlzooError`` says
+        what differs, and a load that fails changes nothing. The optimizer's
+        hyperparameters (``lr``, ``weight_decay``, ...) stay those this trainer was built
+        with, so a resume may change them."""
         path = Path(path)
         payload = read_checkpoint(path, map_location=self.device)
         try:
@@ -334,19 +363,36 @@ class Trainer:
                        shapes(self.weighting.state_dict()))
             check_fits("optimizer", payload["optimizer"], self.optimizer,
                        self._optimizer_layout())
+            _check_rng_state(payload["rng"])
         except MtlzooError as error:
             raise MtlzooError(f"checkpoint {str(path)!r} does not fit this trainer: {error}"
                               ) from None
-        self.model.load_state_dict(payload["model"]["state"])
-        self.weighting.load_state_dict(payload["weighting"]["state"])
-        hyperparameters = [{k: v for k, v in group.items() if k != "params"}
-                           for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(payload["optimizer"]["state"])
-        for group, kept in zip(self.optimizer.param_groups, hyperparameters, strict=True):
-            group.update(kept)
-        _set_rng_state(payload["rng"])
+        before = self._snapshot()
+        try:
+            self._restore(payload["model"]["state"], payload["weighting"]["state"],
+                          payload["optimizer"]["state"], payload["rng"])
+        except Exception as error:  # a checksummed file whose contents are not ours
+            self._restore(*before)
+            raise MtlzooError(f"checkpoint {str(path)!r} cannot be restored: {error}"
+                              ) from error
         self.state = state
         self._saved, self._resumed = (path, state.step), True
+
+    def _snapshot(self) -> tuple[dict, dict, dict, dict]:
+        """Copies of what ``_restore`` sets, to roll a failed load back."""
+        return (copy.deepcopy(self.model.state_dict()),
+                copy.deepcopy(self.weighting.state_dict()),
+                copy.deepcopy(self.optimizer.state_dict()), _rng_state(self.device))
+
+    def _restore(self, model: dict, weighting: dict, optimizer: dict, rng: dict) -> None:
+        self.model.load_state_dict(model)
+        self.weighting.load_state_dict(weighting)
+        hyperparameters = [{k: v for k, v in group.items() if k != "params"}
+                           for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(optimizer)
+        for group, kept in zip(self.optimizer.param_groups, hyperparameters, strict=True):
+            group.update(kept)
+        _set_rng_state(rng)
 
     def _model_layout(self, model_state: dict) -> dict:
         tasks = [[task.name, task.kind, task.num_classes or 0] for task in self.model.tasks]
@@ -356,8 +402,8 @@ class Trainer:
         return {f"param_groups[{i}]": [len(group["params"])]
                 for i, group in enumerate(self.optimizer.param_groups)}
 
-    def _check_finite(self, path: Path) -> None:
-        for name, value in [*self.model.state_dict().items(),
+    def _check_finite(self, path: Path, model_state: dict) -> None:
+        for name, value in [*model_state.items(),
                             *self.weighting.named_parameters()]:  # buffers may hold NaN
             if isinstance(value, Tensor) and value.is_floating_point() and not bool(
                 value.isfinite().all()
@@ -383,10 +429,10 @@ class Trainer:
                 f"the training data has no dataset for task(s) {missing}; the model's tasks "
                 f"are {list(self.tasks)}"
             )
-        sources = {
-            name: self._source(data, f"the training data of task {name!r}", shuffle=True,
-                               offset=index)
-            for index, (name, data) in enumerate(train.items())
+        sources = {  # in the model's task order, whatever the dict's
+            name: self._source(train[name], f"the training data of task {name!r}",
+                               shuffle=True, offset=index)
+            for index, name in enumerate(self.tasks)
         }
         options = self.options
         return TaskSchedule(sources, options.sampling, options.temperature, options.seed)
@@ -394,13 +440,12 @@ class Trainer:
     def _signature(self, schedule: JointSchedule | TaskSchedule) -> dict:
         return {"seed": self.options.seed, **schedule.signature()}
 
-    def _check_data(self, schedule: JointSchedule | TaskSchedule) -> None:
-        """Mid-epoch, the data must be that of the steps taken; after a ``load``, other data
-        at an epoch boundary is taken with a warning."""
+    def _check_data(self, schedule: JointSchedule | TaskSchedule) -> str | None:
+        """Mid-epoch, the data must be that of the steps taken (``MtlzooError`` otherwise);
+        returns what differs when a loaded run starts an epoch on other data, else None."""
         saved, now = self.state.data, self._signature(schedule)
-        resumed, self._resumed = self._resumed, False
         if saved is None or saved == now:
-            return
+            return None
         changes = "; ".join(_differences(saved, now))
         if self.state.mid_epoch:
             raise MtlzooError(
@@ -408,11 +453,7 @@ class Trainer:
                 f"{self.state.epoch + 1} on other data than this: {changes}. Resume with the "
                 "data, batch_size, seed and sampling it was saved with, or start afresh"
             )
-        if resumed:
-            warnings.warn(
-                f"epoch {self.state.epoch + 1} starts on other data than the checkpoint's: "
-                f"{changes}", UserWarning, stacklevel=3,
-            )
+        return changes if self._resumed else None
 
     def _eval_sources(self, data):
         if not _is_per_task(data):
@@ -454,6 +495,19 @@ class Trainer:
                         for name, s in self.state.epoch_sums.items())
 
 
+def _with_last(items: Iterator) -> Iterator[tuple[object, bool]]:
+    """Each item with whether it is the last (one item read ahead)."""
+    items = iter(items)
+    current = next(items, _END)
+    while current is not _END:
+        upcoming = next(items, _END)
+        yield current, upcoming is _END
+        current = upcoming
+
+
+_END = object()
+
+
 def _is_per_task(data) -> bool:
     """A dict of data sets (per task), as opposed to one data set or a dict of tensors."""
     return (
@@ -487,8 +541,16 @@ def _rng_state(device: torch.device) -> dict:
     return state
 
 
+def _check_rng_state(state: object) -> None:
+    if not (isinstance(state, dict) and {"python", "torch"} <= set(state) <= {"python",
+                                                                          "torch", "cuda"}):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise MtlzooError(f"its RNG states are {found}, expected python, torch (and cuda)")
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     random.setstate(state["python"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if "cuda" in state and torch.cuda.is_available():  # as many devices as both have
+        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state.cpu(), index)

@@ -59,7 +59,8 @@ class Fixed(LossWeighting):
         if missing:
             raise MtlzooError(f"weights has no weight for task(s) {missing}")
         values = [check_real(f"weights[{name!r}]", weights[name]) for name in self.task_names]
-        self.register_buffer("task_weights", torch.tensor(values))
+        # not persistent: weights given now are configuration, never replaced by a checkpoint's
+        self.register_buffer("task_weights", torch.tensor(values), persistent=False)
 
     def weights(self, losses: dict[str, Tensor]) -> Tensor:
         index = task_index(self.task_names, list(losses))
