@@ -80,7 +80,7 @@ def check_device(value: object) -> torch.device | None:
     if value is None:
         return None
     if not isinstance(value, (str, torch.device)):
-        raise MtlzooError(f"device must be a name such as 'cpu' or 'cuda:0', got {value!r}")
+        raise MtlzooError(f"device must be a name such as 'cpu' or 'cuda', got {value!r}")
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError) as error:

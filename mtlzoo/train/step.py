@@ -25,8 +25,8 @@ class NonFiniteLoss(MtlzooError):
 class BatchReader:
     """Takes the model input and each task's labels, mask and row weights out of a batch.
 
-    In the joint regime (``task is JOINT``) a task's labels are in its own column (or its
-    ``label_keys`` entry); a per-task dataset may instead have one ``label`` column.
+    A task's labels are in its own column (or its ``label_keys`` entry); only a per-task
+    dataset (``per_task=True``) may instead have one ``label`` column.
     """
 
     def __init__(self, tasks: Mapping[str, Task], input_key: str | tuple[str, ...],
