@@ -10,6 +10,7 @@ import torch
 import mtlzoo
 from mtlzoo import MtlzooError, Task
 from mtlzoo.encoders import DenseEncoder, TabularEncoder, TextEncoder
+from mtlzoo.tokenizer import WordTokenizer
 
 pytestmark = pytest.mark.usefixtures("float64")
 TASKS = [Task("a"), Task("b", kind="multiclass", num_classes=4)]
@@ -147,3 +148,19 @@ def test_encoder_state_travels_with_the_model():
     other.load_state_dict(torch.load(buffer, weights_only=True))
     ids = token_batch()
     torch.testing.assert_close(other(ids).logits["b"], model(ids).logits["b"])
+
+
+def test_the_tokenizer_travels_in_the_encoder_state():
+    tokenizer = WordTokenizer(max_length=6).fit(["a great film", "a dull film", "great cast"])
+    torch.manual_seed(0)
+    encoder = TextEncoder(tokenizer=tokenizer, embedding_dim=8, hidden_size=6)
+    assert encoder.vocab_size == len(tokenizer)
+    buffer = io.BytesIO()
+    torch.save(encoder.state_dict(), buffer)
+    buffer.seek(0)
+    other = TextEncoder(len(tokenizer), 8, 6)  # no tokenizer until the state brings one
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert isinstance(other.tokenizer, WordTokenizer)
+    assert other.tokenizer.state_dict() == tokenizer.state_dict()
+    texts = ["a great film", "an unknown word"]
+    torch.testing.assert_close(other(texts), encoder(texts))

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from mtlzoo import MtlzooError
-from mtlzoo.data.text import WordTokenizer, text_classification, tokenize_dataset
+from mtlzoo.data.text import text_classification, tokenize_dataset
+from mtlzoo.tokenizer import WordTokenizer
 
 
 @pytest.fixture(autouse=True)

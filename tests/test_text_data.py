@@ -1,5 +1,6 @@
 """Text classification data: the IMDb / AG News loader on small local parquet and CSV files
-(the hub is mocked, never reached), the word tokenizer, and tokenised fixed-shape batches.
+(the hub is mocked, never reached), the word tokenizer (``mtlzoo.tokenizer``), and tokenised
+fixed-shape batches.
 
 Fixture folders have distinct names and every load uses a per-test datasets cache: a local
 folder named like a hub id can fill the cache and be returned later for that id.
@@ -20,16 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import mtlzoo.data
+import mtlzoo.data.text
 from mtlzoo import MtlzooError
 from mtlzoo.data.batches import as_batches
-from mtlzoo.data.text import (
-    NUM_CLASSES,
-    WordTokenizer,
-    num_classes,
-    pad_batch,
-    text_classification,
-    tokenize_dataset,
-)
+from mtlzoo.data.text import NUM_CLASSES, num_classes, text_classification, tokenize_dataset
+from mtlzoo.tokenizer import WordTokenizer, pad_batch
 
 TRAIN = pd.DataFrame({
     "headline": ["Stocks rally on earnings", "Team wins the final", "New chip is fast",
@@ -622,8 +619,14 @@ def test_one_vocabulary_over_two_datasets():
     assert tokenizer.vocab[:5] == ["<pad>", "<unk>", "film", "a", "great"]
 
 
+def test_tokenizer_is_one_class_under_every_documented_import_path():
+    assert mtlzoo.data.WordTokenizer is WordTokenizer
+    assert mtlzoo.data.pad_batch is pad_batch
+    assert mtlzoo.data.text.WordTokenizer is WordTokenizer  # as in docs/data_text.md
+
+
 def test_import_stays_light():
-    code = ("import sys, mtlzoo, mtlzoo.data.text; "
+    code = ("import sys, mtlzoo, mtlzoo.data.text, mtlzoo.tokenizer, mtlzoo.encoders; "
             "print('pandas' in sys.modules, 'datasets' in sys.modules, "
             "'pyarrow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

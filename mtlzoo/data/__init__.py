@@ -1,18 +1,14 @@
 """Data: generated tasks, real data sets, and the batching the trainer reads.
 
-``datasets`` and ``pandas`` load lazily, inside the functions that read data.
+``WordTokenizer`` and ``pad_batch`` live in ``mtlzoo.tokenizer`` (the text encoder uses them
+too) and are re-exported here. ``datasets`` and ``pandas`` load lazily, inside the functions
+that read data.
 """
 
 from mtlzoo.data.census_income import CensusIncome, census_income
 from mtlzoo.data.synthetic import synthetic_tasks
-from mtlzoo.data.text import (
-    NUM_CLASSES,
-    WordTokenizer,
-    num_classes,
-    pad_batch,
-    text_classification,
-    tokenize_dataset,
-)
+from mtlzoo.data.text import NUM_CLASSES, num_classes, text_classification, tokenize_dataset
+from mtlzoo.tokenizer import WordTokenizer, pad_batch
 
 __all__ = [
     "NUM_CLASSES",

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
+from mtlzoo.tokenizer import WordTokenizer
 
 POOLINGS = ("lstm", "mean")
 
@@ -22,8 +23,8 @@ class TextEncoder(nn.Module):
     ``pooling="lstm"``: embeddings (b, l, e) through a bidirectional LSTM; the final hidden
     states of both directions (of the last layer) concatenated, (b, 2h), each text read to
     its own length (packed sequences). ``pooling="mean"``: the mean of the non-pad token
-    embeddings (``nn.EmbeddingBag``), (b, e), much faster. With a ``tokenizer``
-    (``mtlzoo.data.text.WordTokenizer``) the encoder also takes a list of strings, and the
+    embeddings (``nn.EmbeddingBag``), (b, e), much faster. With a fitted ``tokenizer``
+    (``mtlzoo.tokenizer.WordTokenizer``) the encoder also takes a list of strings, and the
     tokenizer's vocabulary is saved in the state dict, so it travels with the model.
     """
 
@@ -37,7 +38,7 @@ class TextEncoder(nn.Module):
         pooling: str = "lstm",
         dropout: float = 0.0,
         pad_id: int = 0,
-        tokenizer=None,
+        tokenizer: WordTokenizer | None = None,
     ) -> None:
         super().__init__()
         if vocab_size is None:
@@ -96,6 +97,4 @@ class TextEncoder(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         if state.get("tokenizer") is not None:
-            from mtlzoo.data.text import WordTokenizer
-
             self.tokenizer = WordTokenizer.from_state_dict(state["tokenizer"])
