@@ -1,6 +1,7 @@
 """Model-agnostic batched kernels. Nothing here imports ``mtlzoo.models``."""
 
 from mtlzoo.layers.activations import ACTIVATIONS, make_activation
+from mtlzoo.layers.axes import AXES, Spec, einsum_specs
 from mtlzoo.layers.cross_stitch import CrossStitchUnit
 from mtlzoo.layers.gates import SoftmaxGates, mix_experts
 from mtlzoo.layers.heads import TaskHeads
@@ -8,11 +9,14 @@ from mtlzoo.layers.stacked import StackedLinear, StackedMLP
 
 __all__ = [
     "ACTIVATIONS",
+    "AXES",
     "CrossStitchUnit",
     "SoftmaxGates",
+    "Spec",
     "StackedLinear",
     "StackedMLP",
     "TaskHeads",
+    "einsum_specs",
     "make_activation",
     "mix_experts",
 ]

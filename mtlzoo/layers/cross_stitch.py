@@ -10,10 +10,15 @@ from torch import Tensor, nn
 
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
+from mtlzoo.layers.axes import Spec, einsum_specs
 
 
+@einsum_specs(
+    Spec("s t, b s h -> b t h", "alpha (s, t), x (b, s, h): target t sums the sources s",
+         "one torch.einsum (a bmm)"),
+)
 class CrossStitchUnit(nn.Module):
-    """``out[:, t] = sum_s alpha[s, t] * x[:, s]``, one einsum: ``'st,bsh->bth'``.
+    """``out[:, t] = sum_s alpha[s, t] * x[:, s]``, one einsum: ``"s t, b s h -> b t h"``.
 
     Initialised near identity, as in the paper: ``alpha[t, t] = self_weight`` and the other
     entries of each column share ``1 - self_weight``, so every column starts as a convex mix.

@@ -10,19 +10,33 @@ from torch import Tensor, nn
 
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
+from mtlzoo.layers.axes import Spec, einsum_specs
 from mtlzoo.layers.stacked import GroupIndex, StackedLinear
 
+_MIXTURE = Spec("b g e, b e h -> b g h", "weights (b, g, e), experts (b, e, h)",
+                "one torch.einsum (a bmm over b)")
 
+
+@einsum_specs(_MIXTURE)
 def mix_experts(weights: Tensor, experts: Tensor) -> Tensor:
-    """Gate-weighted sums of expert outputs: ``'bge,beh->bgh'``."""
+    """Gate-weighted sums of expert outputs: ``"b g e, b e h -> b g h"``."""
     return torch.einsum("bge,beh->bgh", weights, experts)
 
 
+@einsum_specs(
+    Spec("b d, g d a -> b g a", "logits, x (b, d) read by every gate", "StackedLinear's mm"),
+    Spec("b g d, g d a -> b g a", "logits, x (b, g, d): gate g reads x[:, g]",
+         "StackedLinear's baddbmm"),
+    Spec(_MIXTURE.pattern, "mixture: softmax of the logits over a, scattered into e",
+         "mix_experts"),
+)
 class SoftmaxGates(nn.Module):
     """G linear softmax gates over E experts, and the mixtures they weight.
 
     Gate g's weights are ``softmax(x W_g)``, as in the MMoE and PLE papers (``bias=True``
-    adds a bias to the logits).
+    adds a bias to the logits). Logits ``"b d, g d a -> b g a"`` when every gate reads the
+    same x, ``"b g d, g d a -> b g a"`` when gate g reads ``x[:, g]``; softmax over a,
+    scattered into e; mixture ``"b g e, b e h -> b g h"`` (``mix_experts``).
 
     ``mask`` (g, e), optional: gate g may only use the experts where it is True. Every row must
     allow the same number ``a`` of experts; logits are computed only for those (weight

@@ -11,12 +11,20 @@ from torch import Tensor, nn
 
 from mtlzoo import _checks
 from mtlzoo.layers.activations import Activation
+from mtlzoo.layers.axes import Spec, einsum_specs
 from mtlzoo.layers.stacked import StackedLinear, StackedMLP
 from mtlzoo.tasks import Task
 
 
+@einsum_specs(
+    Spec("b t h, t h k -> b t k", "each tower layer (a later layer's h is the last one's k)",
+         "StackedMLP's baddbmm"),
+    Spec("b t k, t k o -> b t o", "output layer, o the widest task's (k is h with no towers)",
+         "StackedLinear's baddbmm"),
+)
 class TaskHeads(nn.Module):
-    """Towers ``'bth,thk->btk'`` (one einsum a layer), then one output layer ``'btk,tko->bto'``.
+    """Towers ``"b t h, t h k -> b t k"`` (one matmul a layer), then one output layer
+    ``"b t k, t k o -> b t o"``.
 
     The output layer is padded to the widest task (o = max out_features) and sliced per task,
     so a binary task beside a 4-class one owns 3 output columns that never train.

@@ -1,6 +1,7 @@
 """Stacked linear and MLP layers: G independent layers held as one parameter each.
 
-Axes: b batch, g group (experts or tasks), d input features, o output features.
+Axes (``mtlzoo.layers.axes.AXES``): b batch, g group (experts or tasks), d input features,
+h hidden width, o output width.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
 from mtlzoo.layers.activations import Activation, make_activation
+from mtlzoo.layers.axes import Spec, einsum_specs
 
 GroupIndex = Sequence[int] | None
 
@@ -23,11 +25,18 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+@einsum_specs(
+    Spec("b d, g d o -> b g o", "x (b, d), read by every group",
+         "one mm, (b, d+1) @ (d+1, g*o): the bias rides as the weight's last row"),
+    Spec("b g d, g d o -> b g o", "x (b, g, d): group g reads x[:, g]",
+         "one baddbmm over g, bias fused (bmm without bias)"),
+)
 class StackedLinear(nn.Module):
-    """G linear maps ``d -> o`` computed in one einsum.
+    """G linear maps ``d -> o`` computed in one matmul, plus the bias (g, o).
 
-    ``x`` of shape (b, d) is read by every group: ``'bd,gdo->bgo'``.
-    ``x`` of shape (b, g, d) gives group g its own input ``x[:, g]``: ``'bgd,gdo->bgo'``.
+    ``x`` of shape (b, d) is read by every group: ``"b d, g d o -> b g o"`` (one ``mm``).
+    ``x`` of shape (b, g, d) gives group g its own input ``x[:, g]``:
+    ``"b g d, g d o -> b g o"`` (one ``baddbmm``).
     ``index`` (group ids) computes only those groups, in that order. ``activation``, when
     given, is applied to the fresh matmul result before it is viewed as (b, g, o), so an
     in-place one (``nn.ReLU(inplace=True)``) needs no new tensor and no autograd view copy.
@@ -61,15 +70,15 @@ class StackedLinear(nn.Module):
             bias = None if bias is None else bias[index]
         groups = len(weight)
         if x.dim() == 2 and x.shape[1] == self.in_features:
-            # 'bd,gdo->bgo' as one (b, d) @ (d, g*o) matmul. A bias rides along as the weight's
-            # last row, read by a column of ones: no pass adds it or sums its gradient.
+            # 'b d, g d o -> b g o' as one (b, d) @ (d, g*o) matmul. A bias rides along as the
+            # weight's last row, read by a column of ones: no pass adds it or sums its gradient.
             flat_weight = weight.permute(1, 0, 2).reshape(self.in_features, -1)
             if bias is not None:
                 flat_weight = torch.cat([flat_weight, bias.reshape(1, -1)])
                 x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
             return activation(x.mm(flat_weight)).view(len(x), groups, self.out_features)
         if x.dim() == 3 and x.shape[1:] == (groups, self.in_features):
-            # 'bgd,gdo->bgo' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
+            # 'b g d, g d o -> b g o' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
             by_group = x.transpose(0, 1)
             if bias is None:
                 out = torch.bmm(by_group, weight)
@@ -85,11 +94,20 @@ class StackedLinear(nn.Module):
         return f"groups={self.groups}, in_features={self.in_features}, out={self.out_features}"
 
 
+@einsum_specs(
+    Spec("b d, g d h -> b g h", "first layer, x (b, d) read by every group",
+         "StackedLinear's mm"),
+    Spec("b g d, g d h -> b g h",
+         "first layer with x (b, g, d), and every later layer (its d is the last layer's h)",
+         "StackedLinear's baddbmm"),
+)
 class StackedMLP(nn.Module):
-    """G independent MLPs (linear -> activation -> dropout per layer), one einsum a layer.
+    """G independent MLPs (linear -> activation -> dropout per layer), one matmul a layer.
 
-    The first layer reads (b, d) shared by every group or (b, g, d), one input per group;
-    the output is (b, g, dims[-1]). With no layers the input is returned unchanged.
+    The first layer reads (b, d) shared by every group, ``"b d, g d h -> b g h"``, or
+    (b, g, d), one input per group, ``"b g d, g d h -> b g h"``; every later layer is the
+    latter (its d is the previous layer's h). Each adds its bias (g, h) before the activation.
+    The output is (b, g, dims[-1]). With no layers the input is returned unchanged.
     One activation module serves every layer and group (a learnable one is shared).
     """
 
