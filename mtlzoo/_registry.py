@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from torch import nn
 
+from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError, suggest
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
@@ -25,8 +26,7 @@ def register_model(name: str, *, aliases: Sequence[str] = ()) -> Callable[[Build
     ... class MyModel(MultiTaskModel): ...
     """
 
-    if not isinstance(name, str) or not name:
-        raise MtlzooError(f"a model name must be a non-empty string, got {name!r}")
+    _checks.name("a model name", name)
     if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
         raise MtlzooError(f"aliases must be a sequence of names, got {aliases!r}")
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.tasks import TASK_KINDS
 
@@ -118,12 +119,6 @@ def _class_indices(name: str, values: Tensor, num_classes: int) -> Tensor:
     return v.to(torch.int64)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MtlzooError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 # --- binary -------------------------------------------------------------------------------
 
 
@@ -177,7 +172,7 @@ def macro_f1(pred_classes: Tensor, labels: Tensor, num_classes: int) -> float:
     a class with true rows and none predicted, or predicted rows and none true, counts 0.
     Returns ``nan`` when empty.
     """
-    num_classes = _positive_int("num_classes", num_classes)
+    num_classes = _checks.positive_int("num_classes", num_classes)
     p, y = _vector_pair("macro_f1", "pred_classes", pred_classes, "labels", labels)
     if p.shape[0] == 0:
         return NAN

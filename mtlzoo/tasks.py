@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import DEFAULT_LOSSES, LOSSES, RowLoss
 
@@ -30,14 +31,13 @@ class Task:
     loss: str | Callable | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise MtlzooError(f"a task name must be a non-empty string, got {self.name!r}")
+        _checks.name("a task name", self.name)
         if self.kind not in TASK_KINDS:
             raise MtlzooError(
                 f"task {self.name!r}: unknown kind {self.kind!r}; expected one of {TASK_KINDS}"
             )
         if self.kind == "multiclass":
-            if not _is_int(self.num_classes) or self.num_classes < 2:
+            if not _checks.is_int(self.num_classes) or self.num_classes < 2:
                 raise MtlzooError(
                     f"task {self.name!r}: a multiclass task needs num_classes >= 2, "
                     f"got num_classes={self.num_classes!r}"
@@ -76,5 +76,42 @@ class Task:
         return self.num_classes if self.kind == "multiclass" else 1
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+
+# The task lists a model and a weighting are built for: checks of the Task concept, so here
+# rather than with the generic checks in mtlzoo._checks.
+
+
+def check_tasks(tasks: Task | Sequence[Task]) -> tuple[Task, ...]:
+    """A model's tasks: one ``Task`` or a non-empty sequence of them, distinct by name."""
+    if isinstance(tasks, Task):
+        tasks = [tasks]
+    if not isinstance(tasks, Sequence) or not tasks:
+        raise MtlzooError(f"tasks must be a non-empty list of mtlzoo.Task, got {tasks!r}")
+    for task in tasks:
+        if not isinstance(task, Task):
+            raise MtlzooError(f"tasks must hold mtlzoo.Task objects, got {task!r}")
+    duplicates = _checks.repeated([task.name for task in tasks])
+    if duplicates:
+        raise MtlzooError(f"duplicate task names: {duplicates}")
+    return tuple(tasks)
+
+
+def check_task_names(task_names: object) -> tuple[str, ...]:
+    """A weighting's tasks: the names of a non-empty sequence of distinct tasks, each a
+    non-empty name or a ``Task``, as a tuple."""
+    if isinstance(task_names, str) or not isinstance(task_names, Sequence) or not task_names:
+        raise MtlzooError(
+            f"task_names must be a non-empty list of task names or mtlzoo.Task objects, "
+            f"got {task_names!r}"
+        )
+    names = []
+    for task in task_names:
+        if not isinstance(task, Task) and (not isinstance(task, str) or not task):
+            raise MtlzooError(
+                f"a task must be a non-empty name or an mtlzoo.Task, got {task!r}"
+            )
+        names.append(task.name if isinstance(task, Task) else task)
+    duplicates = _checks.repeated(names)
+    if duplicates:
+        raise MtlzooError(f"duplicate task names: {duplicates}")
+    return tuple(names)

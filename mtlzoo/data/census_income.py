@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
 from mtlzoo.tasks import Task
 
@@ -140,12 +141,8 @@ def census_income(
     value never seen in training; numeric columns are standardised with the training mean
     and (population) standard deviation, a zero deviation dividing by 1.
     """
-    if isinstance(task_group, bool) or not isinstance(task_group, int) or (
-        task_group not in TASK_GROUPS
-    ):
-        raise MtlzooError(f"task_group must be 1 or 2, got {task_group!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise MtlzooError(f"seed must be a non-negative integer, got {seed!r}")
+    _checks.choice("task_group", task_group, list(TASK_GROUPS))
+    _checks.non_negative_int("seed", seed)
     train_file, test_file = _files(path)
     train, test = _read(train_file), _read(test_file)
     if len(test) < 2:

@@ -55,10 +55,8 @@ def synthetic_tasks(
     _checks.positive_int("num_pairs", num_pairs)
     _checks.positive_int("dim", dim)
     _checks.non_negative_int("num_sines", num_sines)
-    if isinstance(correlation, bool) or not isinstance(correlation, (int, float)) or not (
-        -1 <= correlation <= 1
-    ):
-        raise MtlzooError(f"correlation must be a number in [-1, 1], got {correlation!r}")
+    _checks.in_range("correlation", correlation, -1, 1)
+    _checks.non_negative_int("seed", seed)
     generator = torch.Generator().manual_seed(seed)
     weights = task_weights(correlation, dim, num_pairs, scale, generator)
     alpha = torch.randn(num_sines, generator=generator, dtype=torch.float64)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError, suggest
-from mtlzoo.tasks import Task
+from mtlzoo.tasks import Task, check_tasks
 
 
 class ModelOutput(NamedTuple):
@@ -41,7 +41,7 @@ class MultiTaskModel(nn.Module):
     def __init__(self, *, in_features: int, tasks: Sequence[Task]) -> None:
         super().__init__()
         self.in_features = _checks.positive_int("in_features", in_features)
-        self.tasks = _check_tasks(tasks)
+        self.tasks = check_tasks(tasks)
         self.task_names = tuple(task.name for task in self.tasks)
         self.encoder = None
 
@@ -113,22 +113,8 @@ class MultiTaskModel(nn.Module):
                     f"unknown task {name!r}.{suggest(str(name), self.task_names)} "
                     f"This model's tasks: {', '.join(self.task_names)}"
                 )
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = _checks.repeated(names)
         if duplicates:
             raise MtlzooError(f"tasks= names {duplicates} more than once")
         return [self.task_names.index(name) for name in names]
 
-
-def _check_tasks(tasks: Sequence[Task]) -> tuple[Task, ...]:
-    if isinstance(tasks, Task):
-        tasks = [tasks]
-    if not isinstance(tasks, Sequence) or not tasks:
-        raise MtlzooError(f"tasks must be a non-empty list of mtlzoo.Task, got {tasks!r}")
-    for task in tasks:
-        if not isinstance(task, Task):
-            raise MtlzooError(f"tasks must hold mtlzoo.Task objects, got {task!r}")
-    names = [task.name for task in tasks]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise MtlzooError(f"duplicate task names: {duplicates}")
-    return tuple(tasks)

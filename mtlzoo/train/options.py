@@ -63,8 +63,7 @@ class Options:
         object.__setattr__(self, "input_key", keys[0] if isinstance(self.input_key, str)
                            else tuple(keys))
         _checks.name("weight_key", self.weight_key)
-        if not isinstance(self.label_keys, Mapping):
-            raise MtlzooError(f"label_keys must be a dict task -> column, got {self.label_keys!r}")
+        _checks.mapping("label_keys", self.label_keys, "a dict task -> column")
         for task, column in self.label_keys.items():
             _checks.name(f"label_keys[{task!r}]", column)
         object.__setattr__(self, "label_keys", dict(self.label_keys))
@@ -98,8 +97,8 @@ def check_device(value: object) -> torch.device | None:
 
 def make_weighting(weighting, tasks: Sequence[Task], options: Mapping | None) -> Weighting:
     """``weighting`` as given to ``Trainer``: a name, a ``Weighting`` or a dict of weights."""
-    if options is not None and not isinstance(options, Mapping):
-        raise MtlzooError(f"weighting_options must be a dict, got {options!r}")
+    if options is not None:
+        _checks.mapping("weighting_options", options)
     if isinstance(weighting, Weighting):
         if options:
             raise MtlzooError("weighting_options are for a weighting given by name")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 
 from torch import Tensor
 
+from mtlzoo import _checks
 from mtlzoo.data.schedule import Position
 from mtlzoo.errors import MtlzooError
 
@@ -135,5 +136,5 @@ def _kind(what: str, value: object, kinds: type | tuple[type, ...]) -> None:
 
 
 def _count(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not _checks.is_int(value) or value < 0:
         raise MtlzooError(f"{what} is {value!r} in the trainer state, not a count")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlzoo.errors import MtlzooError, suggest
-from mtlzoo.tasks import Task
+from mtlzoo.tasks import Task, check_task_names
 
 
 class Weighting(nn.Module):
@@ -111,27 +111,6 @@ class GradientWeighting(Weighting):
         accumulate_flat(shared, update)
         accumulate_flat(specific, specific_grads.sum(dim=0))
         return weights.detach()
-
-
-def check_task_names(task_names: object) -> tuple[str, ...]:
-    """The names of a non-empty sequence of distinct tasks, each a non-empty name or an
-    ``mtlzoo.Task``, as a tuple."""
-    if isinstance(task_names, str) or not isinstance(task_names, Sequence) or not task_names:
-        raise MtlzooError(
-            f"task_names must be a non-empty list of task names or mtlzoo.Task objects, "
-            f"got {task_names!r}"
-        )
-    names = []
-    for task in task_names:
-        if not isinstance(task, Task) and (not isinstance(task, str) or not task):
-            raise MtlzooError(
-                f"a task must be a non-empty name or an mtlzoo.Task, got {task!r}"
-            )
-        names.append(task.name if isinstance(task, Task) else task)
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise MtlzooError(f"duplicate task names: {duplicates}")
-    return tuple(names)
 
 
 def task_index(task_names: Sequence[str], names: Sequence[str]) -> list[int]:

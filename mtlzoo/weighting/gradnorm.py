@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
 from mtlzoo.weighting.base import GradientWeighting, task_index
 from mtlzoo.weighting.gradients import accumulate_flat, task_gradients
-from mtlzoo.weighting.registry import check_real, register_weighting
+from mtlzoo.weighting.registry import register_weighting
 
 
 @register_weighting("gradnorm")
@@ -43,7 +44,7 @@ class GradNorm(GradientWeighting):
 
     def __init__(self, task_names: Sequence[str], *, alpha: float = 1.5) -> None:
         super().__init__(task_names)
-        self.alpha = check_real("alpha", alpha)
+        self.alpha = _checks.real("alpha", alpha)
         self.task_weights = nn.Parameter(torch.ones(len(self.task_names)))
         self.register_buffer("initial_losses", torch.full((len(self.task_names),), torch.nan))
 

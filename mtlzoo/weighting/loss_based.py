@@ -12,15 +12,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.tasks import Task
 from mtlzoo.weighting.base import LossWeighting, task_index
-from mtlzoo.weighting.registry import (
-    GeneratorState,
-    check_real,
-    register_weighting,
-    seeded_generator,
-)
+from mtlzoo.weighting.registry import GeneratorState, register_weighting, seeded_generator
 
 
 def _stack(losses: dict[str, Tensor]) -> Tensor:
@@ -47,8 +43,7 @@ class Fixed(LossWeighting):
 
     def __init__(self, task_names: Sequence[str | Task], *, weights: Mapping[str, float]) -> None:
         super().__init__(task_names)
-        if not isinstance(weights, Mapping):
-            raise MtlzooError(f"weights must be a dict task name -> weight, got {weights!r}")
+        _checks.mapping("weights", weights, "a dict task name -> weight")
         unknown = [name for name in weights if name not in self.task_names]
         if unknown:
             raise MtlzooError(
@@ -58,7 +53,7 @@ class Fixed(LossWeighting):
         missing = [name for name in self.task_names if name not in weights]
         if missing:
             raise MtlzooError(f"weights has no weight for task(s) {missing}")
-        values = [check_real(f"weights[{name!r}]", weights[name]) for name in self.task_names]
+        values = [_checks.real(f"weights[{name!r}]", weights[name]) for name in self.task_names]
         # not persistent: weights given now are configuration, never replaced by a checkpoint's
         self.register_buffer("task_weights", torch.tensor(values), persistent=False)
 
@@ -129,7 +124,7 @@ class DWA(LossWeighting):
 
     def __init__(self, task_names: Sequence[str | Task], *, temperature: float = 2.0) -> None:
         super().__init__(task_names)
-        self.temperature = check_real("temperature", temperature, positive=True)
+        self.temperature = _checks.real("temperature", temperature, positive=True)
         history = torch.full((2, len(self.task_names)), math.nan)
         self.register_buffer("loss_history", history)
 
@@ -142,15 +137,14 @@ class DWA(LossWeighting):
         return weights.to(_stack(losses).dtype)
 
     def epoch_end(self, mean_losses: dict[str, float]) -> None:
-        if not isinstance(mean_losses, Mapping):
-            raise MtlzooError(f"mean_losses must be a dict task name -> loss, got {mean_losses!r}")
+        _checks.mapping("mean_losses", mean_losses, "a dict task name -> loss")
         if not mean_losses:
             return
         index = task_index(self.task_names, list(mean_losses))
         values = []
         for name, value in mean_losses.items():
             number = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
-            values.append(check_real(f"the mean loss of task {name!r}", number))
+            values.append(_checks.real(f"the mean loss of task {name!r}", number))
         history = self.loss_history
         history[0, index] = history[1, index]
         history[1, index] = torch.tensor(values, dtype=history.dtype, device=history.device)

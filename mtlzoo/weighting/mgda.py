@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mtlzoo.errors import MtlzooError
+from mtlzoo import _checks
 from mtlzoo.weighting.base import GradientWeighting, task_index
 from mtlzoo.weighting.gradients import gram_matrix, min_norm_weights, task_gradients
 from mtlzoo.weighting.registry import register_weighting
@@ -52,12 +52,8 @@ class MGDA(GradientWeighting):
         upper_bound: bool = True,
     ) -> None:
         super().__init__(task_names)
-        if normalisation not in NORMALISATIONS:
-            raise MtlzooError(
-                f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
-            )
-        if not isinstance(upper_bound, bool):
-            raise MtlzooError(f"upper_bound must be True or False, got {upper_bound!r}")
+        _checks.choice("normalisation", normalisation, NORMALISATIONS)
+        _checks.boolean("upper_bound", upper_bound)
         self.normalisation, self.upper_bound = normalisation, upper_bound
 
     def backward(

@@ -1,18 +1,19 @@
-"""The weighting registry, and the helpers the registered methods share (option checks,
-seeded generators)."""
+"""The weighting registry, and the helpers the registered methods share (seeded generators;
+the option checks are in ``mtlzoo._checks``)."""
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
 
+from mtlzoo import _checks
+from mtlzoo._checks import real as check_real  # noqa: F401  (cagrad.py still imports it here)
 from mtlzoo.errors import MtlzooError, suggest
-from mtlzoo.tasks import Task
-from mtlzoo.weighting.base import Weighting, check_task_names
+from mtlzoo.tasks import Task, check_task_names
+from mtlzoo.weighting.base import Weighting
 
 W = TypeVar("W", bound=type[Weighting])
 
@@ -27,8 +28,7 @@ def register_weighting(name: str) -> Callable[[W], W]:
     >>> @register_weighting("my_weighting")     # doctest: +SKIP
     ... class MyWeighting(LossWeighting): ...
     """
-    if not isinstance(name, str) or not name:
-        raise MtlzooError(f"a weighting name must be a non-empty string, got {name!r}")
+    _checks.name("a weighting name", name)
 
     def decorator(cls: W) -> W:
         if not (isinstance(cls, type) and issubclass(cls, Weighting)):
@@ -86,22 +86,11 @@ def create_weighting(name: str, task_names: Sequence[str | Task], **options) -> 
     return cls(tuple(task_names), **options)
 
 
-def check_real(name: str, value: object, *, positive: bool = False) -> float:
-    """A finite real number >= 0 (> 0 with ``positive``), as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MtlzooError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise MtlzooError(f"{name} must be {bound}, got {value!r}")
-    return float(value)
-
-
 def seeded_generator(seed: object) -> torch.Generator:
     """A CPU generator seeded with ``seed``; None draws the seed from torch's global RNG."""
+    _checks.non_negative_int("seed", seed, allow_none=True)
     if seed is None:
         seed = int(torch.randint(2**62, ()))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise MtlzooError(f"seed must be a non-negative integer or None, got {seed!r}")
     return torch.Generator().manual_seed(seed)
 
 
