@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench census-data clean
+.PHONY: demo test lint bench bench-peers census-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ bench: census-data
 	$(PY) -m mtlzoo.cli bench speed
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/task_gradients.py
+
+# our MMoE and PLE against torch-rechub's and DeepCTR-Torch's (the [peers] extra; torch stays
+# the pinned build); writes benchmarks/results/bench_speed_peers_cpu.*, about 10 minutes here
+PEERS_STAMP := $(VENV)/.peers-installed
+
+$(PEERS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[peers]' torch==2.13.0
+	$(PY) -m pip check
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PY) -m mtlzoo.cli bench speed --peers --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

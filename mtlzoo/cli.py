@@ -107,8 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     speed = suites.add_parser(
         "speed", help="every architecture's train step against its loop version"
     )
-    speed.add_argument("--batch-size", type=_positive_int, default=1024)
+    speed.add_argument("--batch-size", type=_positive_int,
+                       help="default 1024; with --peers, 64 and 1024")
     speed.add_argument("--repeats", type=_positive_int, default=20)
+    speed.add_argument("--threads", type=_positive_int,
+                       help="torch threads, the same for every side (default: torch's)")
+    speed.add_argument(
+        "--peers", action="store_true",
+        help="our MMoE and PLE against torch-rechub's and DeepCTR-Torch's (needs "
+             "pip install 'mtlzoo[peers]')",
+    )
     speed.add_argument("--out", default="results", help=OUT_HELP)
     return parser
 
@@ -272,14 +280,39 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.peers:
+        from mtlzoo.bench import peers
+
+        versions = peers.require_peers()  # a missing extra fails before anything is written
     out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the benchmark runs
-    models = speed.every_model_grid()
-    bar = tqdm(total=len(models), desc="speed", disable=None)
+    models = peers.speed_grid() if args.peers else speed.every_model_grid()
+    batch_sizes = [args.batch_size] if args.batch_size else [64, 1024]
+    total = len(models) * len(batch_sizes) if args.peers else len(models)
+    bar = tqdm(total=total, desc="speed", disable=None)
 
     def advance(line: str) -> None:
         bar.set_postfix_str(line)
         bar.update()
 
+    if args.peers:
+        load = peers.load_average()
+        table = peers.compare(models, batch_sizes, args.repeats, progress=advance)
+        bar.close()
+        loads = (load, peers.load_average())
+        (out / "bench_speed_peers_cpu.md").write_text(
+            peers.report(table, command, versions, loads, args.repeats)
+        )
+        table.to_csv(out / "bench_speed_peers_cpu.csv", index=False)
+        shown = ["family", "B", "E", "T",
+                 *(c for c in table.columns if c.endswith(("_ms", "_over_ours")))]
+        print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(f"\nWritten to {out / 'bench_speed_peers_cpu.md'}")
+        return 0
+    args.batch_size = args.batch_size or 1024
     table = speed.compare_with_loop(models, args.batch_size, args.repeats, progress=advance)
     bar.close()
     columns = ["model", "E", "T", "parameters", "ours_ms", "loop_ms", "speedup",

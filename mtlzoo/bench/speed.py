@@ -36,17 +36,22 @@ def train_step(model: nn.Module, x: Tensor) -> None:
 
 
 def median_seconds(
-    steps: dict[str, Callable[[], None]], repeats: int = 20, warmup: int = 3
+    steps: dict[str, Callable[[], None]], repeats: int = 20, warmup: int = 3,
+    rotate: bool = False,
 ) -> dict[str, float]:
-    """Median wall time of each step, the steps called in turn within every round."""
+    """Median wall time of each step, the steps called in turn within every round (with
+    ``rotate``, round r starts with step r mod n, so that no step always follows the same
+    one)."""
     for _ in range(warmup):
         for step in steps.values():
             step()
+    names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    for round_ in range(repeats):
+        shift = round_ % len(names) if rotate and names else 0
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            step()
+            steps[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -124,6 +129,14 @@ def machine_stamp(device: str = "cpu") -> str:
     )
 
 
+def ple_split(num_experts: int, num_tasks: int) -> tuple[int, int]:
+    """(shared, per task) experts of a CGC/PLE level holding about ``num_experts``:
+    n_t = max(1, E // 2T) per task and n_s = max(1, E - T n_t) shared, so about half are
+    shared (a level holds T n_t + n_s, which is E when T n_t < E)."""
+    own = max(1, num_experts // (2 * num_tasks))
+    return max(1, num_experts - num_tasks * own), own
+
+
 def every_model_grid(
     settings: Iterable[tuple[int, int]] = ((8, 2), (64, 8)),
     in_features: int = 128,
@@ -136,8 +149,7 @@ def every_model_grid(
     torch.manual_seed(0)
     for num_experts, num_tasks in settings:
         tasks = [mtlzoo.Task(f"task{t}") for t in range(num_tasks)]
-        own = max(1, num_experts // (2 * num_tasks))
-        shared = max(1, num_experts - num_tasks * own)
+        shared, own = ple_split(num_experts, num_tasks)
         per_family = {
             "mmoe": {"num_experts": num_experts, "expert_dims": (width,)},
             "omoe": {"num_experts": num_experts, "expert_dims": (width,)},
@@ -162,15 +174,15 @@ def expert_grid(
     in_features: int = 128,
     expert_width: int = 64,
 ) -> list[tuple[dict, nn.Module]]:
-    """MMoE and PLE at each (E, T). PLE splits E per level: n_t = max(1, E // 2T) experts per
-    task and n_s = E - T * n_t shared (at least 1), so a level holds about E experts."""
+    """MMoE and PLE at each (E, T). PLE splits E per level with :func:`ple_split`: n_t =
+    max(1, E // 2T) experts per task and n_s = E - T * n_t shared (at least 1), so a level
+    holds about E experts."""
     models = []
     torch.manual_seed(0)
     for num_experts in experts:
         for num_tasks in tasks:
             task_list = [mtlzoo.Task(f"task{t}") for t in range(num_tasks)]
-            own = max(1, num_experts // (2 * num_tasks))
-            shared = max(1, num_experts - num_tasks * own)
+            shared, own = ple_split(num_experts, num_tasks)
             options = {
                 "mmoe": {"num_experts": num_experts},
                 "ple": {"num_task_experts": own, "num_shared_experts": shared},
