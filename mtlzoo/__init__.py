@@ -12,7 +12,9 @@ Start here:
 * ``mtlzoo.layers`` holds the batched kernels, ``mtlzoo.models`` one file per family,
   ``mtlzoo.reference`` the naive loop versions the tests and benchmarks compare against,
   ``mtlzoo.weighting`` the weighting methods, ``mtlzoo.losses`` and ``mtlzoo.metrics``
-  what the trainer computes per task, ``mtlzoo.data`` generated data and batching.
+  what the trainer computes per task, ``mtlzoo.data`` generated data and batching,
+  ``mtlzoo.tokenizer`` the word tokenizer of the text data and encoder,
+  ``mtlzoo.train`` the trainer's parts (its loop, one step, its state, checkpoints).
 """
 
 from mtlzoo import models as _models  # noqa: F401  (import registers the architectures)

@@ -44,7 +44,8 @@ def imdb_agnews(
     hub. One ``WordTokenizer`` is fitted on both training sets (``max_vocab`` words, texts
     cut to ``max_length`` tokens) and saved in the model's state dict with the encoder.
     """
-    from mtlzoo.data.text import WordTokenizer, num_classes, text_classification, tokenize_dataset
+    from mtlzoo.data.text import num_classes, text_classification, tokenize_dataset
+    from mtlzoo.tokenizer import WordTokenizer
 
     def load(name: str):
         local = None if data_dir is None else Path(data_dir) / name
