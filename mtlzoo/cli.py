@@ -244,20 +244,23 @@ def _weightings(text: str) -> tuple[str, ...]:
 def _demo(args: argparse.Namespace, command: str) -> int:
     from mtlzoo.bench import quality
 
-    out = Path(args.out)
-    summary = quality.synthetic("demo", out=out, progress=not args.quiet, command=command)
-    table = summary.pivot(index="model", columns="correlation", values=["y1_mse", "y2_mse"])
-    table = table.swaplevel(axis=1).sort_index(axis=1)
+    size = quality.SYNTHETIC_SIZES["demo"]
+    print(f"Training {len(quality.MODELS)} architectures on the synthetic tasks at "
+          f"{len(quality.CORRELATIONS)} task correlations x {size.seeds} seeds "
+          f"({size.rows:,} rows each); progress below.", file=sys.stderr, flush=True)
+    result = quality.synthetic("demo", out=Path(args.out), progress=not args.quiet,
+                               command=command)
+    table = result.summary.pivot(index="model", columns="correlation", values="rel")
     table = table.loc[[m for m in quality.MODELS if m in table.index]]
-    print("Test MSE per task (lower is better) by task correlation, mean over seeds:\n")
+    print("Test MSE relative to single-task's on the same seed (below 1: sharing helps), "
+          "geometric mean over seeds, by task correlation:\n")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    report = out / "quality_synthetic_demo.md"
-    claims = report.read_text().split("## The papers' claims, checked", 1)[1].split("![")[0]
-    print("\nThe papers' claims, checked:" + claims.rstrip())
-    figure = report.with_suffix(".png")
-    print(f"\nFull tables: {report}" + (f"  figure: {figure}" if figure.exists() else ""))
-    print(f"Demo size is {quality.SYNTHETIC_SIZES['demo'].rows:,} rows per point; the full "
-          "suites (make bench) and what they measured on our machine: docs/results.md")
+    print("\nThe papers' claims, checked:")
+    print("\n".join(f"* {claim}" for claim in result.claims))
+    figure = f"  figure: {result.figure}" if result.figure else ""
+    print(f"\nFull tables: {result.report}{figure}")
+    print(f"Demo size is {size.rows:,} rows per point; the full suites (make bench) and what "
+          "they measured on our machine: docs/results.md")
     return 0
 
 
@@ -270,14 +273,14 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     out = Path(args.out)
     if args.bench == "quality":
         if args.suite == "synthetic":
-            summary = quality.synthetic(args.size, out=out, progress=not args.quiet,
-                                        command=command, weightings=args.weightings,
-                                        rows=args.rows, epochs=args.epochs, seeds=args.seeds)
+            result = quality.synthetic(args.size, out=out, progress=not args.quiet,
+                                       command=command, weightings=args.weightings,
+                                       rows=args.rows, epochs=args.epochs, seeds=args.seeds)
         else:
-            summary = quality.census(args.size, out=out, path=args.census_path,
-                                     progress=not args.quiet, command=command,
-                                     weightings=args.weightings)
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            result = quality.census(args.size, out=out, path=args.census_path,
+                                    progress=not args.quiet, command=command,
+                                    weightings=args.weightings)
+        print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0
     if args.threads:
