@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -62,54 +62,6 @@ def gram_matrix(grads: Tensor) -> Tensor:
     """
     wide = grads.to(torch.promote_types(grads.dtype, torch.float32))
     return (wide @ wide.T).cpu().double()
-
-
-Gradient = Callable[[list[float], list[float]], list[float]]
-StepRule = Callable[[float, float, float, int, int], float]
-
-
-def frank_wolfe(
-    gram: Tensor,
-    weights: Tensor,
-    gradient: Gradient,
-    step: StepRule,
-    *,
-    max_iter: int = 1000,
-    tol: float = 1e-10,
-) -> Tensor:
-    """Minimise a convex function of ``w`` over the simplex by pairwise Frank-Wolfe.
-
-    ``gradient(w, M w)`` is the function's gradient (t,). Each iteration moves weight from
-    the ``away`` task (the largest gradient among those with weight) to the ``to`` task
-    (the smallest gradient, the Frank-Wolfe vertex), by the exact line search
-    ``step(q0, q1, q2, to, away)`` along ``d = e_to - e_away``, where ``q0 = w^T M w``,
-    ``q1 = d^T M w``, ``q2 = d^T M d``; the step is then capped at ``w_away``.
-    Pairwise steps (Lacoste-Julien & Jaggi, NeurIPS 2015) converge linearly where plain
-    Frank-Wolfe steps crawl when the optimum lies inside a face. It stops when the pairwise
-    gap ``grad_away - grad_to`` (zero at a KKT point) is at most ``tol * max_t M_tt``, or
-    when no step makes progress. The (t, t) problem is tiny: the loop runs on Python floats
-    (float64), far cheaper per iteration than tensor calls.
-    """
-    m, w = gram.tolist(), weights.tolist()
-    tasks = range(len(w))
-    scale = max(m[i][i] for i in tasks)
-    mw = [sum(mij * wj for mij, wj in zip(row, w, strict=True)) for row in m]
-    for _ in range(max_iter):
-        grad = gradient(w, mw)
-        to = min(tasks, key=grad.__getitem__)
-        away = max((i for i in tasks if w[i] > 0), key=grad.__getitem__)
-        if grad[away] - grad[to] <= tol * scale:
-            break
-        q0 = sum(wi * x for wi, x in zip(w, mw, strict=True))
-        q1 = mw[to] - mw[away]
-        q2 = m[to][to] - 2 * m[to][away] + m[away][away]
-        gamma = min(step(q0, q1, q2, to, away), w[away])
-        if not gamma > 0:
-            break  # no progress along the best pair: stuck at a kink of the function
-        w[to] += gamma
-        w[away] -= gamma
-        mw = [x + gamma * (row[to] - row[away]) for x, row in zip(mw, m, strict=True)]
-    return torch.tensor(w, dtype=gram.dtype)
 
 
 EPS = sys.float_info.epsilon
