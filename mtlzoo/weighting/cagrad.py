@@ -12,10 +12,11 @@ from operator import mul
 import torch
 from torch import Tensor
 
+from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
 from mtlzoo.weighting.base import GradientWeighting
 from mtlzoo.weighting.gradients import EPS, gram_matrix
-from mtlzoo.weighting.registry import check_real, register_weighting
+from mtlzoo.weighting.registry import register_weighting
 
 KKT_TOL = 1e-10  # of max_t M_tt: how far conflict_averse_weights may miss the optimality conditions
 
@@ -48,7 +49,7 @@ class CAGrad(GradientWeighting):
 
     def __init__(self, task_names: Sequence[str], *, c: float = 0.5) -> None:
         super().__init__(task_names)
-        self.c = check_real("c", c)
+        self.c = _checks.real("c", c)
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
         t = grads.shape[0]

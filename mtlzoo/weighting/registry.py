@@ -10,7 +10,6 @@ from typing import TypeVar
 import torch
 
 from mtlzoo import _checks
-from mtlzoo._checks import real as check_real  # noqa: F401  (cagrad.py still imports it here)
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.tasks import Task, check_task_names
 from mtlzoo.weighting.base import Weighting
