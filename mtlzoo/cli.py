@@ -242,7 +242,7 @@ def _weightings(text: str) -> tuple[str, ...]:
 
 
 def _demo(args: argparse.Namespace, command: str) -> int:
-    from mtlzoo.bench import quality
+    from mtlzoo.bench import quality, speed
 
     size = quality.SYNTHETIC_SIZES["demo"]
     print(f"Training {len(quality.MODELS)} architectures on the synthetic tasks at "
@@ -261,6 +261,7 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     print(f"\nFull tables: {result.report}{figure}")
     print(f"Demo size is {size.rows:,} rows per point; the full suites (make bench) and what "
           "they measured on our machine: docs/results.md")
+    print(speed.headline())
     return 0
 
 

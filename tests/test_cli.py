@@ -41,8 +41,12 @@ def test_train_writes_a_checkpoint(tmp_path):
 
 
 def test_demo_runs_the_synthetic_suite_and_points_at_its_files(capsys, tmp_path, monkeypatch):
-    from mtlzoo.bench import quality
+    from mtlzoo.bench import peers, quality
 
+    def no_peers():
+        raise mtlzoo.MtlzooError("not installed")
+
+    monkeypatch.setattr(peers, "require_peers", no_peers)  # as on a machine without the extra
     monkeypatch.setitem(quality.SYNTHETIC_SIZES, "demo",
                         quality.SyntheticSize(rows=300, epochs=1, seeds=1))
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
@@ -51,6 +55,9 @@ def test_demo_runs_the_synthetic_suite_and_points_at_its_files(capsys, tmp_path,
         assert re.search(rf"^{name}\s+\d", out, re.MULTILINE), name
     assert "claims, checked" in out and str(tmp_path / "quality_synthetic_demo.md") in out
     assert (tmp_path / "quality_synthetic_demo.png").stat().st_size > 0
+    speed_line = out.strip().splitlines()[-1]
+    assert re.match(r"Speed: .* \d+\.\dx faster than the same model as a loop", speed_line)
+    assert "mtlzoo[peers]" in speed_line
 
 
 def test_bench_quality_synthetic_resumes_from_the_rows_written(tmp_path, capsys):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import mtlzoo
+from mtlzoo.errors import MtlzooError
 from mtlzoo.reference import loop_version
 
 
@@ -195,6 +196,35 @@ def expert_grid(
                 total = num_experts if name == "mmoe" else num_tasks * own + shared
                 models.append(({"model": name, "E": total, "T": num_tasks}, model))
     return models
+
+
+def headline(batch_size: int = 64, repeats: int = 15) -> str:
+    """One line for the demo: an 8-task MMoE with 64 experts, its train step against the
+    same model written as a loop over ``nn.ModuleList`` and, when the peers are installed,
+    against theirs; timed interleaved in this process, the median of ``repeats``."""
+    [(_, model)] = [(d, m) for d, m in expert_grid(experts=(64,), tasks=(8,))
+                    if d["model"] == "mmoe"]
+    x = torch.randn(batch_size, model.in_features)
+    loop = loop_version(model)
+    seconds = median_seconds({"ours": lambda: train_step(model, x),
+                              "loop": lambda: train_step(loop, x)}, repeats=repeats)
+    line = (f"Speed: an 8-task MMoE with 64 experts, forward+backward at batch {batch_size}: "
+            f"{1e3 * seconds['ours']:.1f} ms, {seconds['loop'] / seconds['ours']:.1f}x faster "
+            "than the same model as a loop over nn.ModuleList")
+    from mtlzoo.bench import peers
+
+    try:
+        peers.require_peers()
+    except MtlzooError:
+        return line + f"; beside torch-rechub and DeepCTR-Torch: {peers.INSTALL}."
+    # the peers' steps are slow at this size: few rounds keep the demo's line to seconds
+    table = peers.compare([peers.Config.grid_point("mmoe", 64, 8)], batch_sizes=(batch_size,),
+                          repeats=5, warmup=1)
+    ratios = [f"{ratio:.1f}x faster than {name}'s"
+              for name, ratio in (("torch-rechub", table.rechub_over_ours.iloc[0]),
+                                  ("DeepCTR-Torch", table.deepctr_over_ours.iloc[0]))
+              if ratio == ratio]  # NaN where a peer cannot build it
+    return line + (f"; with Adam, {' and '.join(ratios)} train step." if ratios else ".")
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 2) -> str:
