@@ -384,7 +384,8 @@ def report(table: pd.DataFrame, command: str, versions: dict[str, str],
         speed.markdown_table(shown), "",
     ]
     if notes:
-        lines += ["What a peer could not build or run (its cells are empty):", ""]
+        lines += ["What a peer could not build or run (its times are empty; a parameter "
+                  "count is of what it built):", ""]
         lines += [f"{i}. {note}" for i, note in enumerate(notes, 1)]
         lines.append("")
     return "\n".join(lines)
