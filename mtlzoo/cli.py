@@ -7,6 +7,7 @@
     mtlzoo demo                   the synthetic suite at demo size: every architecture compared
     mtlzoo bench quality --suite synthetic|census [--size demo|full] [--weightings equal,dwa]
     mtlzoo bench speed            every architecture's train step against its loop version
+    mtlzoo bench speed --peers    our MMoE and PLE against torch-rechub's and DeepCTR-Torch's
 
 ``--checkpoint PATH`` saves after every epoch; when PATH exists the run resumes from it (and
 only evaluates when it already holds --epochs epochs). A file that is not a checkpoint of
