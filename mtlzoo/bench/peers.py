@@ -95,14 +95,17 @@ def require_peers() -> dict[str, str]:
     either cannot be imported."""
     from importlib.metadata import version
 
-    try:
-        _import_rechub()
-        _import_deepctr()
-    except ImportError as error:
+    failures = []
+    for load in (_import_rechub, _import_deepctr):
+        try:
+            load()
+        except ImportError as error:
+            failures.append(error)
+    if failures:
         raise MtlzooError(
-            f"the peers torch-rechub and deepctr-torch cannot be imported ({error}); "
-            f"install them with {INSTALL}"
-        ) from error
+            f"the peers torch-rechub and deepctr-torch cannot be imported "
+            f"({'; '.join(map(str, failures))}); install them with {INSTALL}"
+        ) from failures[0]
     return {name: version(name) for name in PEERS}
 
 
