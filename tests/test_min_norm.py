@@ -14,6 +14,7 @@ import torch
 
 from mtlzoo.errors import MtlzooError
 from mtlzoo.weighting import gradients
+from mtlzoo.weighting.cagrad import conflict_averse_weights
 from mtlzoo.weighting.gradients import gram_matrix, min_norm_weights
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -184,9 +185,12 @@ def test_zero_gram_gives_a_vertex(t):
          r"inf at \(1, 1\)"),
     ],
 )
-def test_bad_gram_is_named(gram, named):
+@pytest.mark.parametrize("solve", [min_norm_weights,
+                                   lambda gram: conflict_averse_weights(gram, 0.5)],
+                         ids=["mgda", "cagrad"])
+def test_bad_gram_is_named(gram, named, solve):
     with pytest.raises(MtlzooError, match=named):
-        min_norm_weights(gram)
+        solve(gram)
 
 
 def test_a_point_off_the_optimality_conditions_raises(monkeypatch):

@@ -15,7 +15,7 @@ from torch import Tensor
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
 from mtlzoo.weighting.base import GradientWeighting
-from mtlzoo.weighting.gradients import EPS, gram_matrix
+from mtlzoo.weighting.gradients import EPS, check_gram, gram_matrix
 from mtlzoo.weighting.registry import register_weighting
 
 KKT_TOL = 1e-10  # of max_t M_tt: how far conflict_averse_weights may miss the optimality conditions
@@ -93,15 +93,8 @@ def conflict_averse_weights(gram: Tensor, c: float, *, precision: float = EPS) -
     negative eigenvalues of ``M`` set to 0. A miss then raises ``MtlzooError`` rather than
     return a point that is not the maximum.
     """
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
-        raise MtlzooError(
-            f"gram must be a (t, t) matrix with t >= 1, got shape {tuple(gram.shape)}"
-        )
+    check_gram(gram)
     raw = gram.tolist()
-    for i, row in enumerate(raw):
-        for j, x in enumerate(row):
-            if not math.isfinite(x):
-                raise MtlzooError(f"gram must be finite, got {x} at ({i}, {j})")
     t = len(raw)
     top = max(raw[i][i] for i in range(t))
     if c == 0 or not top > 0:

@@ -68,6 +68,18 @@ EPS = sys.float_info.epsilon
 KKT_TOL = 1e-10  # of max_t M_tt: how far min_norm_weights may miss the optimality conditions
 
 
+def check_gram(gram: Tensor) -> None:
+    """A (t, t) matrix, t >= 1, of finite values; else ``MtlzooError`` naming the shape or
+    the first bad entry."""
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
+        raise MtlzooError(
+            f"gram must be a (t, t) matrix with t >= 1, got shape {tuple(gram.shape)}"
+        )
+    if not gram.isfinite().all():
+        i, j = (~gram.isfinite()).nonzero()[0].tolist()
+        raise MtlzooError(f"gram must be finite, got {gram[i, j].item()} at ({i}, {j})")
+
+
 def min_norm_weights(gram: Tensor) -> Tensor:
     """The weights ``w`` in the simplex minimising ``||sum_t w_t g_t||^2 = w^T M w``, exactly.
 
@@ -80,13 +92,7 @@ def min_norm_weights(gram: Tensor) -> Tensor:
     ``KKT_TOL * max_t M_tt``. A miss raises ``MtlzooError`` rather than return a point that
     is not the minimum.
     """
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
-        raise MtlzooError(
-            f"gram must be a (t, t) matrix with t >= 1, got shape {tuple(gram.shape)}"
-        )
-    if not gram.isfinite().all():
-        i, j = (~gram.isfinite()).nonzero()[0].tolist()
-        raise MtlzooError(f"gram must be finite, got {gram[i, j].item()} at ({i}, {j})")
+    check_gram(gram)
     t = gram.shape[0]
     if t == 1:
         return gram.new_ones(1)
