@@ -64,6 +64,8 @@ def no_hang():
         ("lr", 0.0),
         ("lr", math.nan),
         ("lr", math.inf),
+        ("lr_schedule", "cosin"),
+        ("lr_schedule", ["cosine"]),
         ("seed", 1.5),  # was a raw TypeError from the sampler at the first fit
         ("seed", "3"),
         ("seed", True),

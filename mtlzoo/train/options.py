@@ -3,6 +3,7 @@ weighting they name."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,11 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
         params, lr=lr, momentum=0.9, weight_decay=weight_decay
     ),
 }
+# the factor of the optimizer's lr at step s (from 0) of a run planned to take n steps
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda step, total: 1.0,
+    "cosine": lambda step, total: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Options:
     naming the option before anything runs."""
 
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     batch_size: int = 256
     sampling: str = "round_robin"
@@ -45,6 +52,7 @@ class Options:
 
     def __post_init__(self) -> None:
         _checks.real("lr", self.lr, positive=True)
+        _checks.choice("lr_schedule", self.lr_schedule, tuple(LR_SCHEDULES))
         _checks.real("weight_decay", self.weight_decay)
         _checks.positive_int("batch_size", self.batch_size)
         if self.sampling not in SAMPLING:

@@ -37,7 +37,7 @@ from mtlzoo.train.checkpoint import (
     shapes,
     write_checkpoint,
 )
-from mtlzoo.train.options import Options, make_optimizer, make_weighting
+from mtlzoo.train.options import LR_SCHEDULES, Options, make_optimizer, make_weighting
 from mtlzoo.train.state import EarlyStopping, LossSums, TrainerState
 from mtlzoo.train.step import BatchReader, NonFiniteLoss, TrainStep
 from mtlzoo.weighting import Weighting
@@ -53,7 +53,11 @@ class Trainer:
     ``seed`` and the epoch alone, so a run resumed from a checkpoint replays it exactly.
     ``input_key`` names the input column, or several (a dict of them reaches the model's
     encoder, e.g. ``("categorical", "numeric")`` for a ``TabularEncoder``). ``grad_clip``
-    caps the gradient's global norm. Every option is checked here, before anything runs.
+    caps the gradient's global norm. ``lr_schedule``: ``"constant"``, or ``"cosine"``, the
+    lr decayed from ``lr`` to 0 over the steps each ``fit`` plans to take (``epochs`` times
+    the steps of an epoch, or ``steps``): lr(s) = lr (1 + cos(pi s / n)) / 2 at step s of
+    n. It is a function of the step alone, so a resumed run (the same ``fit`` arguments)
+    follows it exactly. Every option is checked here, before anything runs.
 
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
     >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
@@ -68,6 +72,7 @@ class Trainer:
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         *,
+        lr_schedule: str = "constant",
         weighting_options: Mapping | None = None,
         batch_size: int = 256,
         sampling: str = "round_robin",
@@ -83,8 +88,8 @@ class Trainer:
         if not isinstance(model, MultiTaskModel):
             raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
         self.options = Options(
-            lr=lr, weight_decay=weight_decay, batch_size=batch_size, sampling=sampling,
-            temperature=temperature, input_key=input_key, weight_key=weight_key,
+            lr=lr, lr_schedule=lr_schedule, weight_decay=weight_decay, batch_size=batch_size,
+            sampling=sampling, temperature=temperature, input_key=input_key, weight_key=weight_key,
             label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
             seed=seed, progress=progress, device=device,
         )
@@ -97,6 +102,7 @@ class Trainer:
         self.weighting.to(self.device)
         params = [*model.parameters(), *self.weighting.parameters()]
         self.optimizer = make_optimizer(optimizer, params, self.options)
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.reader = BatchReader(self.tasks, self.options.input_key, self.options.weight_key,
                                   self.options.label_keys, self.device)
         self._step = TrainStep(model, self.weighting, self.optimizer, self.reader,
@@ -193,8 +199,9 @@ class Trainer:
             warnings.warn(f"nothing to train at step {self.state.step}, epoch "
                           f"{self.state.epoch}: {stop_reason()} (counting the steps and "
                           "epochs done)", UserWarning, stacklevel=2)
+        planned = limit * schedule.steps_per_epoch() if by_epochs else limit
         try:
-            for event in self._run(schedule, eval, stop_reason, bool(early_stopping)):
+            for event in self._run(schedule, eval, stop_reason, bool(early_stopping), planned):
                 every = checkpoint_every and self.state.step % checkpoint_every == 0
                 if checkpoint is not None and (event != "step" or every):
                     self.save(checkpoint)
@@ -210,17 +217,24 @@ class Trainer:
             self.model.load_state_dict(stopping.weights)
         return self.history
 
-    def _run(self, schedule, eval, stop_reason: Callable[[], str | None], early: bool
-             ) -> Iterator[str]:
+    def _run(self, schedule, eval, stop_reason: Callable[[], str | None], early: bool,
+             planned: int) -> Iterator[str]:
         """Train until ``stop_reason()``; yields ``"step"`` after every step, ``"epoch"``
-        after every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint)."""
+        after every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint).
+        ``planned``: the steps the run expects in all, over which the lr schedule runs."""
         state = self.state
+        factor = (None if self.options.lr_schedule == "constant"  # the optimizer's lr untouched
+                  else LR_SCHEDULES[self.options.lr_schedule])
         while not stop_reason():
             state.data = self._signature(schedule)
             bar = self._bar(schedule.steps_per_epoch())
             for (batches, position), last in _with_last(
                 schedule.epoch(state.epoch, state.position)
             ):
+                if factor is not None:
+                    for group, base in zip(self.optimizer.param_groups, self._base_lrs,
+                                           strict=True):
+                        group["lr"] = base * factor(state.step, planned)
                 self._record(self._step(batches, state.step + 1))
                 state.step += 1
                 state.position = position
