@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 import mtlzoo
+from mtlzoo.bench.report import RESULTS
 
 DATA = ("synthetic",)
 RECIPES = ("imdb-agnews",)
@@ -36,6 +37,7 @@ OUT_HELP = (
     "where results go (default ./results; a grid resumes from the rows already there; "
     "--out benchmarks/results updates the committed tables)"
 )
+OUT = str(RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the synthetic quality suite at demo size (a few minutes on 2 cores)"
     )
-    demo.add_argument("--out", default="results", help="where results go (default ./results)")
+    demo.add_argument("--out", default=OUT, help="where results go (default ./results)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
     bench = commands.add_parser("bench", help="benchmark suites; results as CSV and Markdown")
@@ -103,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated loss weightings, each run by every multi-task architecture "
              "(default: equal, the papers' plain sum)",
     )
-    quality.add_argument("--out", default="results", help=OUT_HELP)
+    quality.add_argument("--out", default=OUT, help=OUT_HELP)
     quality.add_argument("--quiet", action="store_true")
     speed = suites.add_parser(
         "speed", help="every architecture's train step against its loop version"
@@ -118,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         help="our MMoE and PLE against torch-rechub's and DeepCTR-Torch's (needs "
              "pip install 'mtlzoo[peers]')",
     )
-    speed.add_argument("--out", default="results", help=OUT_HELP)
+    speed.add_argument("--out", default=OUT, help=OUT_HELP)
     return parser
 
 
@@ -234,7 +236,7 @@ def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer
 
 
 def _weightings(text: str) -> tuple[str, ...]:
-    from mtlzoo.bench.quality import check_weightings
+    from mtlzoo.bench.suite import check_weightings
 
     try:
         return check_weightings(name.strip() for name in text.split(",") if name.strip())
@@ -243,16 +245,16 @@ def _weightings(text: str) -> tuple[str, ...]:
 
 
 def _demo(args: argparse.Namespace, command: str) -> int:
-    from mtlzoo.bench import quality, speed
+    from mtlzoo.bench import speed, synthetic
 
-    size = quality.SYNTHETIC_SIZES["demo"]
-    print(f"Training {len(quality.MODELS)} architectures on the synthetic tasks at "
-          f"{len(quality.CORRELATIONS)} task correlations x {size.seeds} seeds "
+    size = synthetic.SYNTHETIC_SIZES["demo"]
+    print(f"Training {len(synthetic.MODELS)} architectures on the synthetic tasks at "
+          f"{len(synthetic.CORRELATIONS)} task correlations x {size.seeds} seeds "
           f"({size.rows:,} rows each); progress below.", file=sys.stderr, flush=True)
-    result = quality.synthetic("demo", out=Path(args.out), progress=not args.quiet,
-                               command=command)
+    result = synthetic.run_suite("demo", out=Path(args.out), progress=not args.quiet,
+                                 command=command)
     table = result.summary.pivot(index="model", columns="correlation", values="rel")
-    table = table.loc[[m for m in quality.MODELS if m in table.index]]
+    table = table.loc[[m for m in synthetic.MODELS if m in table.index]]
     print("Test MSE relative to single-task's on the same seed (below 1: sharing helps), "
           "geometric mean over seeds, by task correlation:\n")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -267,21 +269,20 @@ def _demo(args: argparse.Namespace, command: str) -> int:
 
 
 def _bench(args: argparse.Namespace, command: str) -> int:
-    from tqdm import tqdm
-
-    from mtlzoo.bench import quality, speed
-    from mtlzoo.bench.grid import stamp
-
     out = Path(args.out)
     if args.bench == "quality":
         if args.suite == "synthetic":
-            result = quality.synthetic(args.size, out=out, progress=not args.quiet,
-                                       command=command, weightings=args.weightings,
-                                       rows=args.rows, epochs=args.epochs, seeds=args.seeds)
+            from mtlzoo.bench import synthetic
+
+            result = synthetic.run_suite(args.size, out=out, progress=not args.quiet,
+                                         command=command, weightings=args.weightings,
+                                         rows=args.rows, epochs=args.epochs, seeds=args.seeds)
         else:
-            result = quality.census(args.size, out=out, path=args.census_path,
-                                    progress=not args.quiet, command=command,
-                                    weightings=args.weightings)
+            from mtlzoo.bench import census
+
+            result = census.run_suite(args.size, out=out, path=args.census_path,
+                                      progress=not args.quiet, command=command,
+                                      weightings=args.weightings)
         print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0
@@ -292,48 +293,17 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     if args.peers:
         from mtlzoo.bench import peers
 
-        versions = peers.require_peers()  # a missing extra fails before anything is written
-    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the benchmark runs
-    models = peers.speed_grid() if args.peers else speed.every_model_grid()
-    batch_sizes = [args.batch_size] if args.batch_size else [64, 1024]
-    total = len(models) * len(batch_sizes) if args.peers else len(models)
-    bar = tqdm(total=total, desc="speed", disable=None)
-
-    def advance(line: str) -> None:
-        bar.set_postfix_str(line)
-        bar.update()
-
-    if args.peers:
-        load = peers.load_average()
-        table = peers.compare(models, batch_sizes, args.repeats, progress=advance)
-        bar.close()
-        loads = (load, peers.load_average())
-        (out / "bench_speed_peers_cpu.md").write_text(
-            peers.report(table, command, versions, loads, args.repeats)
-        )
-        table.to_csv(out / "bench_speed_peers_cpu.csv", index=False)
+        batch_sizes = [args.batch_size] if args.batch_size else [64, 1024]
+        result = peers.benchmark(out, batch_sizes, args.repeats, command)
         shown = ["family", "B", "E", "T",
-                 *(c for c in table.columns if c.endswith(("_ms", "_over_ours")))]
-        print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-        print(f"\nWritten to {out / 'bench_speed_peers_cpu.md'}")
-        return 0
-    args.batch_size = args.batch_size or 1024
-    table = speed.compare_with_loop(models, args.batch_size, args.repeats, progress=advance)
-    bar.close()
-    columns = ["model", "E", "T", "parameters", "ours_ms", "loop_ms", "speedup",
-               "fraction_of_matmul"]
+                 *(c for c in result.table.columns if c.endswith(("_ms", "_over_ours")))]
+    else:
+        from mtlzoo.bench import speed
 
-    markdown = "\n".join([
-        "# Every architecture: train step vs its loop version (cpu)", "", stamp(command), "",
-        f"Batch {args.batch_size}, 128 features, width-64 layers, towers (32,), binary tasks; "
-        "E experts per level for the gated families. `fraction_of_matmul`: our FLOP/s over a "
-        f"2048x2048 fp32 matmul's ({table.matmul_gflops.iloc[0]:.0f} GFLOP/s, same run).",
-        "", speed.markdown_table(table[columns]), "",
-    ])
-    table.to_csv(out / "bench_speed_cpu.csv", index=False)
-    (out / "bench_speed_cpu.md").write_text(markdown)
-    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"\nWritten to {out / 'bench_speed_cpu.md'}")
+        result = speed.every_model(out, args.batch_size or 1024, args.repeats, command)
+        shown = speed.EVERY_MODEL_COLUMNS
+    print(result.table[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"\nWritten to {result.report}")
     return 0
 
 

@@ -286,5 +286,5 @@ def test_bench_speed_peers_writes_its_table(installed, monkeypatch, tmp_path, ca
     assert list(table.family) == ["mmoe", "ple"] and list(table.B) == [8, 8]
     text = (tmp_path / "bench_speed_peers_cpu.md").read_text()
     assert "Command: `mtlzoo bench speed --peers --batch-size 8" in text
-    assert "1 threads" in text
+    assert "1 thread |" in text
     assert f"deepctr-torch {installed['deepctr-torch']}" in text

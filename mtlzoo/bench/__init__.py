@@ -1,3 +1,31 @@
-"""Benchmarks. ``quality``: the architectures compared on the same data (synthetic tasks,
-Census-Income) beside the papers' numbers; ``speed``: train steps against their loop
-versions and a matmul's FLOP/s; ``grid``: the resumable experiment grid both write with."""
+"""Benchmarks: the library behind ``mtlzoo demo``, ``mtlzoo bench`` and ``benchmarks/*.py``.
+
+Every entry point parses its options and makes one call in here; results travel as
+DataFrames and dataclasses, and each is written under one stem (``<stem>.md``, ``.csv``,
+``_runs.csv``) in ``./results`` unless ``--out`` says otherwise.
+
+Writing results
+    ``report``          the output folder convention (``RESULTS``), the one stamp (date,
+                        torch, machine, threads, Python, command, grid points run and
+                        resumed), Markdown tables and reports, ``write_result``
+    ``grid``            ``run_grid``: a resumable grid, one CSV row per point, its file checked
+
+Quality: the architectures compared on the same data, beside the papers' numbers
+    ``suite``           what both suites share: ``MODELS``, ``MODEL_OPTIONS``, the grid of
+                        (model, weighting, setting) points, ``SuiteResult``
+    ``synthetic``       MMoE Fig. 4 / PLE Fig. 7 on the synthetic tasks (sizes, data, run,
+                        summary); ``mtlzoo demo`` is its demo size
+    ``claims``          the papers' claims on the synthetic tasks, checked from the numbers
+    ``census``          MMoE Tables 1-2 / PLE Table 5 on Census-Income (the papers' figures,
+                        run, summary)
+    ``figures``         the matplotlib figure(s)
+
+Speed: ratios within one run, never timed tests
+    ``speed``           train step against its loop version, FLOP/s against a matmul; every
+                        architecture (``mtlzoo bench speed``), MMoE/PLE over fresh processes
+                        with the CPU targets (``benchmarks/speed.py``), the demo's line
+    ``peers``           our MMoE and PLE against torch-rechub's and DeepCTR-Torch's
+                        (``mtlzoo bench speed --peers``, the ``[peers]`` extra)
+    ``task_gradients``  per-task gradients, one vectorised backward against T backward
+                        passes (``benchmarks/task_gradients.py``)
+"""

@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import numbers
-import platform
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 
+from mtlzoo.bench.report import GridCount
 from mtlzoo.errors import MtlzooError
 
 
@@ -29,7 +27,9 @@ def run_grid(
     (the point's settings, then the results) there as soon as it is done, so an
     interrupted grid loses at most the point it was on. Returns the rows of ``points``
     (rows of other points the file may hold, e.g. more seeds from an earlier run, are kept
-    in the file but left out).
+    in the file but left out). How many of them this call ran and how many it resumed from
+    the file is in the frame's ``attrs["grid"]``, a :class:`~mtlzoo.bench.report.GridCount`
+    for the results' stamp.
 
     ``results`` names the columns ``run`` returns, each a number (or NaN); given, a file
     whose columns are not the settings and these is refused before anything runs.
@@ -69,7 +69,10 @@ def run_grid(
     bar.close()
     rows = _read_runs(csv_path, keys, points, results)
     wanted = {_key(point, keys) for point in points}
-    return rows[[_key(row, keys) in wanted for row in rows[keys].to_dict("records")]]
+    rows = rows[[_key(row, keys) in wanted for row in rows[keys].to_dict("records")]]
+    rows.attrs["grid"] = GridCount(ran=len(todo), resumed=len(points) - len(todo),
+                                   runs_file=csv_path.name)
+    return rows
 
 
 AFRESH = "move the file away to start the grid afresh"
@@ -162,13 +165,3 @@ def _shown(fields: list[str], limit: int = 60) -> str:
 
 def _key(row: dict, keys: list[str]) -> tuple:
     return tuple(str(row[k]) for k in keys)
-
-
-def stamp(command: str) -> str:
-    """Date, torch version, machine and the exact command, for the head of a results file."""
-    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
-    return (
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} | {machine}, "
-        f"{torch.get_num_threads()} threads | Python {platform.python_version()}\n"
-        f"Command: `{command}`"
-    )

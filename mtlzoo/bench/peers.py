@@ -19,7 +19,8 @@ the same split of experts. What a peer does differently is its own design and st
 
 :class:`TrainStep` trains any of them the same way: the batch in the model's own input
 format, Adam (lr 1e-3), the BCE of every task summed, averaged over the batch, backward,
-the optimizer's step. :func:`compare` times the steps interleaved in one process.
+the optimizer's step. :func:`compare` times the steps interleaved in one process;
+:func:`benchmark` runs it over the grid and writes the results (:func:`report`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sys
 import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 
 import mtlzoo
 from mtlzoo.bench import speed
+from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
 from mtlzoo.errors import MtlzooError
 
 PEERS = ("torch-rechub", "deepctr-torch")
@@ -355,8 +358,6 @@ def report(table: pd.DataFrame, command: str, versions: dict[str, str],
            load: tuple[str, str], repeats: int) -> str:
     """The Markdown results file: stamp, versions, set-up, the table, what a peer could not
     build or run."""
-    from mtlzoo.bench.grid import stamp
-
     shown = table.drop(columns=[c for c in table.columns if c.endswith("_tensors")])
     notes = sorted({note for cell in shown.note for note in cell.split("; ") if note})
     shown = shown.assign(note=[
@@ -368,10 +369,8 @@ def report(table: pd.DataFrame, command: str, versions: dict[str, str],
         if column.endswith("_params"):
             shown[column] = [_integer(value) for value in shown[column]]
     peers = ", ".join(f"{name} {version}" for name, version in versions.items())
-    lines = [
-        "# MMoE and PLE beside torch-rechub and DeepCTR-Torch: train step (cpu)", "",
-        stamp(command), "",
-        f"Peers: {peers}. Load average before and after the run: {load[0]} / {load[1]}.", "",
+    about = [
+        f"Peers: {peers}. Load average before and after the run: {load[0]} / {load[1]}.",
         "One train step: zero the gradients, forward, BCE of every task summed and averaged "
         "over the batch, backward, Adam's step (lr 1e-3); the same for every side, each on "
         "the batch in its own input format (a dict of feature tensors for torch-rechub). "
@@ -383,15 +382,32 @@ def report(table: pd.DataFrame, command: str, versions: dict[str, str],
         "`mtlzoo bench speed`). `*_params`: trainable parameters of each side; torch-rechub "
         "adds a BatchNorm1d after every linear layer and a bias to its gates, DeepCTR-Torch's "
         "PLE a shared gate at its last level. `rechub_over_ours`, `deepctr_over_ours`: the "
-        "peer's time over ours (above 1: ours is faster).", "",
-        speed.markdown_table(shown), "",
+        "peer's time over ours (above 1: ours is faster).",
     ]
+    after = []
     if notes:
-        lines += ["What a peer could not build or run (its times are empty; a parameter "
-                  "count is of what it built):", ""]
-        lines += [f"{i}. {note}" for i, note in enumerate(notes, 1)]
-        lines.append("")
-    return "\n".join(lines)
+        after = ["What a peer could not build or run (its times are empty; a parameter "
+                 "count is of what it built):", ""]
+        after += [f"{i}. {note}" for i, note in enumerate(notes, 1)]
+    return markdown_report("MMoE and PLE beside torch-rechub and DeepCTR-Torch: train step (cpu)",
+                           stamp(command), about, shown, after=after)
+
+
+def benchmark(out: Path = RESULTS, batch_sizes: Sequence[int] = (64, 1024), repeats: int = 20,
+              command: str | None = None, progress: bool = True) -> speed.SpeedResult:
+    """``mtlzoo bench speed --peers``: :func:`compare` over :func:`speed_grid`, written to
+    ``out/bench_speed_peers_cpu.{md,csv}``. A missing extra or a bad ``out`` fails before
+    anything is timed or written."""
+    versions = require_peers()
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or f"mtlzoo.bench.peers.benchmark(batch_sizes={tuple(batch_sizes)})"
+    configs = speed_grid()
+    load = load_average()
+    table = compare(configs, batch_sizes, repeats, progress=speed.progress_bar(
+        len(configs) * len(batch_sizes), "speed", progress))
+    markdown = report(table, command, versions, (load, load_average()), repeats)
+    return speed.SpeedResult(table, write_result(out / "bench_speed_peers_cpu", table, markdown),
+                             markdown)
 
 
 def _integer(value: float) -> str:

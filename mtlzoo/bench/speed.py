@@ -3,14 +3,25 @@
 Ours vs the loop version of the same model (``mtlzoo.reference.loop_version``), timed
 interleaved so that drift in the machine's speed touches both alike; and the FLOP/s our step
 achieves as a fraction of a large fp32 matmul timed in the same run.
+
+The primitives (:func:`train_step`, :func:`median_seconds`, :func:`step_flops`,
+:func:`compare_with_loop`), the grids of models (:func:`every_model_grid`,
+:func:`expert_grid`), and the two benchmarks built on them: :func:`every_model` (``mtlzoo
+bench speed``: every architecture in one process) and :func:`expert_grid_in_processes`
+(``benchmarks/speed.py``: MMoE and PLE, the median over fresh processes, the CPU targets
+checked). :func:`headline` is the demo's line.
 """
 
 from __future__ import annotations
 
-import platform
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -18,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import mtlzoo
+from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
 from mtlzoo.errors import MtlzooError
 from mtlzoo.reference import loop_version
 
@@ -118,18 +130,6 @@ def compare_with_loop(
     return table
 
 
-def machine_stamp(device: str = "cpu") -> str:
-    """Date, torch version, threads and processor (or GPU), for the head of a results file."""
-    where = (
-        torch.cuda.get_device_name(device) if device.startswith("cuda")
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    )
-    return (
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')} | torch {torch.__version__} | {where} | "
-        f"Python {platform.python_version()}"
-    )
-
-
 def ple_split(num_experts: int, num_tasks: int) -> tuple[int, int]:
     """(shared, per task) experts of a CGC/PLE level holding about ``num_experts``:
     n_t = max(1, E // 2T) per task and n_s = max(1, E - T n_t) shared, so about half are
@@ -227,16 +227,158 @@ def headline(batch_size: int = 64, repeats: int = 15) -> str:
     return line + (f"; with Adam, {' and '.join(ratios)} train step." if ratios else ".")
 
 
-def markdown_table(table: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-flavoured Markdown table (pandas' own needs the optional tabulate); NaN
-    shows as an empty cell."""
+@dataclass(frozen=True)
+class SpeedResult:
+    """What a speed benchmark wrote: its table, the report's path and text, and the
+    targets it checked (each line says ``met`` or ``MISSED``)."""
 
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "" if value != value else f"{value:.{digits}f}"
-        return str(value)
+    table: pd.DataFrame
+    report: Path
+    markdown: str
+    checks: list[str] = field(default_factory=list)
 
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
-             "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
-    return "\n".join(lines)
+    @property
+    def met(self) -> bool:
+        return all("MISSED" not in check for check in self.checks)
+
+
+def progress_bar(total: int, description: str, show: bool = True) -> Callable[[str], None]:
+    """A progress callback: each call shows its line and advances a tqdm bar of ``total``
+    steps, closed at the last one."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, disable=None if show else True)
+
+    def advance(line: str) -> None:
+        bar.set_postfix_str(line)
+        bar.update()
+        if bar.n >= total:
+            bar.close()
+
+    return advance
+
+
+# --- mtlzoo bench speed: every architecture in one process ---------------------------------
+
+EVERY_MODEL_COLUMNS = ["model", "E", "T", "parameters", "ours_ms", "loop_ms", "speedup",
+                       "fraction_of_matmul"]
+
+
+def every_model(out: Path = RESULTS, batch_size: int = 1024, repeats: int = 20,
+                command: str | None = None, progress: bool = True) -> SpeedResult:
+    """Every registered architecture's train step against its loop version at (E, T) =
+    (8, 2) and (64, 8), in this process; written to ``out/bench_speed_cpu.*`` (the folder
+    made first, so that a bad ``out`` fails before the timing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or f"mtlzoo.bench.speed.every_model(batch_size={batch_size})"
+    models = every_model_grid()
+    table = compare_with_loop(models, batch_size, repeats,
+                              progress=progress_bar(len(models), "speed", progress))
+    about = (
+        f"Batch {batch_size}, 128 features, width-64 layers, towers (32,), binary tasks; "
+        "E experts per level for the gated families. `fraction_of_matmul`: our FLOP/s over a "
+        f"2048x2048 fp32 matmul's ({table.matmul_gflops.iloc[0]:.0f} GFLOP/s, same run)."
+    )
+    markdown = markdown_report("Every architecture: train step vs its loop version (cpu)",
+                               stamp(command), [about], table[EVERY_MODEL_COLUMNS])
+    return SpeedResult(table, write_result(out / "bench_speed_cpu", table, markdown), markdown)
+
+
+# --- benchmarks/speed.py: MMoE and PLE, the median over fresh processes ---------------------
+
+TARGETS = {(64, 8): 3.0, (8, 2): 1.3}  # MMoE (E, T) -> speed-up over the loop, on CPU
+KEYS = ["model", "E", "T"]
+
+
+def time_expert_grid(device: str = "cpu", repeats: int = 30,
+                     batch_size: int = 1024) -> pd.DataFrame:
+    """One process's timing of :func:`expert_grid` (progress lines on stderr)."""
+    torch.manual_seed(0)
+    return compare_with_loop(
+        expert_grid(), batch_size=batch_size, repeats=repeats, device=device,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+
+
+def _time_expert_grid_records(device: str, repeats: int, batch_size: int) -> list[dict]:
+    return json.loads(time_expert_grid(device, repeats, batch_size).to_json(orient="records"))
+
+
+def in_fresh_process(function: Callable, *args: object) -> object:
+    """``function(*args)`` called in a fresh Python process (its arguments and its result
+    through JSON; its stderr shown here)."""
+    code = (f"import json, sys; from {function.__module__} import {function.__name__} as f; "
+            "print(json.dumps(f(*json.loads(sys.argv[1]))))")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=True,
+                            stdout=subprocess.PIPE, text=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def median_over_processes(runs: pd.DataFrame) -> pd.DataFrame:
+    """Median over processes per grid point, with the speed-up's range."""
+    grouped = runs.groupby(KEYS, sort=False)
+    table = grouped[["parameters", "ours_ms", "loop_ms", "speedup", "gflop_per_step",
+                     "ours_gflops", "fraction_of_matmul", "matmul_gflops"]].median()
+    table["speedup_min"] = grouped.speedup.min()
+    table["speedup_max"] = grouped.speedup.max()
+    table["parameters"] = table.parameters.astype(int)
+    return table.reset_index()
+
+
+def check_targets(table: pd.DataFrame, processes: int) -> list[str]:
+    """MMoE's speed-up at each (E, T) of :data:`TARGETS` against its target (CPU, batch
+    1024), one line each, ``met`` or ``MISSED``."""
+    checks = []
+    for (experts, tasks), target in TARGETS.items():
+        row = table[(table.model == "mmoe") & (experts == table.E) & (table["T"] == tasks)]
+        got, low, high = row.speedup.iloc[0], row.speedup_min.iloc[0], row.speedup_max.iloc[0]
+        verdict = "met" if got >= target else "MISSED"
+        checks.append(
+            f"MMoE E={experts}, T={tasks}: {got:.2f}x median over {processes} processes "
+            f"(range {low:.2f}-{high:.2f}x; target {target}x): {verdict}"
+        )
+    return checks
+
+
+def expert_grid_in_processes(out: Path = RESULTS, device: str = "cpu", repeats: int = 30,
+                             processes: int = 3, batch_size: int = 1024,
+                             command: str | None = None) -> SpeedResult:
+    """MMoE and PLE (:func:`expert_grid`) against their loop versions, each of
+    ``processes`` fresh processes timing the whole grid; the median over processes and the
+    speed-up's range, the CPU targets checked at batch 1024; written to
+    ``out/speed_<device>[_batch<B>]{.md,.csv,_runs.csv}``.
+
+    Separate processes matter on CPU: whether the allocator hands a process recycled or
+    freshly zeroed pages for large tensors is settled per process and moves a step's time by
+    up to a third."""
+    command = command or (f"mtlzoo.bench.speed.expert_grid_in_processes(device={device!r}, "
+                          f"batch_size={batch_size})")
+    runs = []
+    for i in range(processes):
+        print(f"process {i + 1}/{processes}", file=sys.stderr)
+        runs += in_fresh_process(_time_expert_grid_records, device, repeats, batch_size)
+    runs = pd.DataFrame(runs)
+    table = median_over_processes(runs)
+    checks = (check_targets(table, processes)
+              if device == "cpu" and batch_size == 1024 else [])
+    stem = out / f"speed_{device.split(':')[0]}"
+    if batch_size != 1024:
+        stem = stem.with_name(f"{stem.name}_batch{batch_size}")
+    columns = [*KEYS, "parameters", "ours_ms", "loop_ms", "speedup", "speedup_min",
+               "speedup_max", "gflop_per_step", "ours_gflops", "fraction_of_matmul"]
+    about = (
+        f"Batch {batch_size}, 128 features, expert width 64, towers (32,), binary tasks. "
+        "`ours_ms` and `loop_ms` are medians of interleaved forward+backward steps; the loop "
+        "version is the same model with every batched kernel replaced by a Python loop over "
+        f"nn.ModuleList. Each figure is the median over {processes} fresh processes; "
+        "`speedup_min`/`max` give its range. `fraction_of_matmul` is our FLOP/s over a "
+        f"2048x2048 fp32 matmul's ({table.matmul_gflops.iloc[0]:.0f} GFLOP/s, timed in the "
+        "same runs). PLE has 2 levels; E is its experts per level (n_t = max(1, E // 2T) per "
+        "task, the rest shared)."
+    )
+    markdown = markdown_report(
+        f"Train-step speed: batched kernels vs loop versions ({device})",
+        stamp(command, device), [about], table[columns],
+        after=[f"* {line}" for line in checks],
+    )
+    return SpeedResult(table, write_result(stem, table, markdown, runs), markdown, checks)
