@@ -6,6 +6,7 @@
     mtlzoo train --recipe imdb-agnews [--data-dir DIR]   sentiment + topic over one BiLSTM
     mtlzoo demo                   the synthetic suite at demo size: every architecture compared
     mtlzoo bench quality --suite synthetic|census [--size demo|full] [--weightings equal,dwa]
+    mtlzoo bench quality --suite census --peers   the peers' MMoE, PLE, shared-bottom beside ours
     mtlzoo bench speed            every architecture's train step against its loop version
     mtlzoo bench speed --peers    our MMoE and PLE against torch-rechub's and DeepCTR-Torch's
 
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--epochs", type=_positive_int, help="synthetic: epochs (quick looks)")
     quality.add_argument("--seeds", type=_positive_int, help="synthetic: seeds (quick looks)")
     quality.add_argument("--census-path", help="census: a folder with the CSV files")
+    quality.add_argument(
+        "--peers", action="store_true",
+        help="census: also torch-rechub's and DeepCTR-Torch's MMoE, PLE and shared-bottom, "
+             "same data, budget and evaluation (needs pip install 'mtlzoo[peers]')",
+    )
     quality.add_argument(
         "--weightings", default="equal", type=_weightings,
         help="comma-separated loss weightings, each run by every multi-task architecture "
@@ -272,6 +278,9 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     out = Path(args.out)
     if args.bench == "quality":
         if args.suite == "synthetic":
+            if args.peers:
+                raise mtlzoo.MtlzooError("--peers is for --suite census (the peers' speed: "
+                                         "mtlzoo bench speed --peers)")
             from mtlzoo.bench import synthetic
 
             result = synthetic.run_suite(args.size, out=out, progress=not args.quiet,
@@ -282,7 +291,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 
             result = census.run_suite(args.size, out=out, path=args.census_path,
                                       progress=not args.quiet, command=command,
-                                      weightings=args.weightings)
+                                      weightings=args.weightings, peers=args.peers)
         print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0

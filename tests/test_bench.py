@@ -130,6 +130,25 @@ def test_grid_resumes_returns_only_its_points_and_refuses_other_settings(tmp_pat
 
 
 
+def test_grid_notes_are_text_and_results_numbers(tmp_path):
+    from mtlzoo.bench.grid import run_grid
+
+    path = tmp_path / "runs.csv"
+
+    def run(point):
+        if point["seed"] == 1:
+            return {"score": float("nan"), "note": "cannot build it: 3, 4"}
+        return {"score": point["seed"] * 10.0, "note": ""}
+
+    points = [{"seed": s} for s in range(3)]
+    for _ in range(2):  # run, then resumed from the file
+        rows = run_grid(points, run, path, progress=False, results=("score",), notes=("note",))
+        assert list(rows.note) == ["", "cannot build it: 3, 4", ""]
+        assert rows.score.iloc[[0, 2]].tolist() == [0.0, 20.0] and rows.score.isna().iloc[1]
+    with pytest.raises(mtlzoo.MtlzooError, match="not this grid's"):
+        run_grid(points, run, path, progress=False, results=("score",))  # note undeclared
+
+
 def test_compare_with_loop_reports_ratios_and_flops():
     models = speed.expert_grid(experts=(4,), tasks=(2,), in_features=8, expert_width=4)
     table = speed.compare_with_loop(models, batch_size=16, repeats=2)

@@ -57,9 +57,10 @@ def census() -> CensusIncome:
     )
 
 
-def run(implementation: str, family: str, data, seed: int = 0, **options) -> dict:
-    return peer_census.run_peer(implementation, family, data, seed, epochs=1, batch_size=128,
-                                **{**SMALL, **options})
+def run(implementation: str, family: str, data, seed: int = 0, weighting: str = "equal"
+        ) -> dict:
+    return peer_census.run_peer(implementation, family, data, seed, weighting,
+                                budget={"epochs": 1, "batch_size": 128}, **SMALL)
 
 
 def assert_ran(result: dict) -> None:
@@ -76,7 +77,7 @@ def test_without_the_extra_a_peer_run_says_how_to_install_it(census, monkeypatch
                                                               implementation):
     monkeypatch.setitem(sys.modules, missing, None)  # import now raises ImportError
     with pytest.raises(MtlzooError, match=r"pip install 'mtlzoo\[peers\]'") as error:
-        peer_census.run_peer(implementation, "mmoe", census, epochs=1)
+        peer_census.run_peer(implementation, "mmoe", census, budget={"epochs": 1})
     assert missing in str(error.value) and "make bench-peers" in str(error.value)
 
 
@@ -220,8 +221,8 @@ def test_shared_and_task_parameters_split_the_peer(installed, census):
 
 def test_a_config_a_peer_cannot_run_gives_the_reason(installed, census):
     # DeepCTR-Torch 0.3.0's PLE at the census sizes: 4 shared + 2 per task experts
-    result = peer_census.run_peer("deepctr-torch", "ple", census, epochs=1)
-    assert all(math.isnan(result[column]) for column in peer_census.RESULTS)
+    result = peer_census.run_peer("deepctr-torch", "ple", census, budget={"epochs": 1})
+    assert all(math.isnan(result[column]) for column in peer_census.RESULTS_COLUMNS)
     assert result["note"].startswith("deepctr-torch's ple at 2 levels of 4 shared + 2 per "
                                      "task experts of 16, towers of 8: IndexError")
     assert "builds specific_expert_num shared experts" in result["note"]
@@ -230,3 +231,67 @@ def test_a_config_a_peer_cannot_run_gives_the_reason(installed, census):
     # torch-rechub builds and runs the same configuration
     assert isinstance(peer_census.build_model("torch-rechub", "ple", census),
                       peer_census.PeerModel)
+
+
+# --- the census suite with --peers ---------------------------------------------------------
+
+def census_argv(tmp_path) -> list[str]:
+    from tests.test_census_income import write_pair
+
+    write_pair(tmp_path / "census")
+    return ["bench", "quality", "--suite", "census", "--size", "demo", "--census-path",
+            str(tmp_path / "census"), "--out", str(tmp_path), "--quiet", "--peers"]
+
+
+def test_census_peers_without_the_extra_says_how_to_install_and_writes_nothing(
+        tmp_path, monkeypatch, capsys):
+    from mtlzoo import cli
+
+    argv = census_argv(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch_rechub", None)  # import now raises ImportError
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mtlzoo: error: ") and "pip install 'mtlzoo[peers]'" in err
+    assert not list(tmp_path.glob("quality_census_*"))  # failed before anything ran
+
+
+def test_peers_are_for_the_census_suite(tmp_path, capsys):
+    from mtlzoo import cli
+
+    argv = ["bench", "quality", "--suite", "synthetic", "--peers", "--out", str(tmp_path)]
+    assert cli.main(argv) == 1
+    assert "--peers is for --suite census" in capsys.readouterr().err
+
+
+def test_census_peers_sit_beside_ours_in_one_table(tmp_path, installed, capsys):
+    import pandas as pd
+
+    from mtlzoo import cli
+
+    argv = census_argv(tmp_path)
+    assert cli.main(argv) == 0
+    table = pd.read_csv(tmp_path / "quality_census_demo_peers.csv")
+    table["note"] = table.note.fillna("")  # no note: an empty cell
+    assert set(table.implementation) == {"ours", *peers.PEERS}
+    assert set(table.model) == set(peers.FAMILIES) and set(table.task_group) == {1, 2}
+    assert len(table) == 2 * len(peers.FAMILIES) * len(peers.IMPLEMENTATIONS)
+    ours = table[table.implementation == "ours"]
+    assert (ours.vs_ours == 0).all() and (ours.note == "").all()
+    # ours are the rows of our own census table, not a second run
+    mine = pd.read_csv(tmp_path / "quality_census_demo.csv")
+    for row in ours.itertuples():
+        same = mine[(mine.task_group == row.task_group) & (mine.model == row.model)]
+        assert row.main_best == pytest.approx(same.main_best.iloc[0])
+    ple = table[(table.implementation == "deepctr-torch") & (table.model == "ple")]
+    assert (ple.note.str.contains("IndexError")).all()  # deepctr-torch 0.3.0's PLE
+    assert ple.main_mean.isna().all()  # no AUC where the peer could not run
+    rechub = table[table.implementation == "torch-rechub"]
+    assert rechub.main_mean.between(0, 1).all() and (rechub.note == "").all()
+    runs = pd.read_csv(tmp_path / "quality_census_demo_peers_runs.csv")
+    assert len(runs) == 2 * len(peers.FAMILIES) * len(peers.PEERS)  # ours not run again
+    report = (tmp_path / "quality_census_demo_peers.md").read_text()
+    assert f"Command: `mtlzoo {' '.join(argv)}`" in report
+    assert f"torch-rechub {installed['torch-rechub']}" in report
+    assert cli.main(argv) == 0  # resumed: the note is read back as text
+    again = pd.read_csv(tmp_path / "quality_census_demo_peers.csv")
+    assert list(again.note.fillna("")) == list(table.note)

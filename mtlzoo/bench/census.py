@@ -18,7 +18,7 @@ import torch
 import mtlzoo
 from mtlzoo.bench.grid import run_grid
 from mtlzoo.bench.report import RESULTS, markdown_report, runs_path, stamp, write_result
-from mtlzoo.bench.suite import MODEL_OPTIONS, SuiteResult, grid_points
+from mtlzoo.bench.suite import MODEL_OPTIONS, SuiteResult, check_weightings, grid_points
 
 # MMoE Table 1 (group 1): AUC of the main task and of marital status, best run / mean of 400
 # runs; PLE Table 5 (group 1, one figure per task). MMoE Table 2 (group 2) is not in our
@@ -38,57 +38,137 @@ CENSUS_PAPER = {
     },
 }
 CENSUS_SEEDS = {"demo": 1, "full": 5}
+# the budget of every run, ours and the peers': Adam, batches of 1024, at most 10 epochs,
+# early stopping on the main task's validation AUC after 2 epochs without a better one
+BUDGET = {"lr": 1e-3, "batch_size": 1024, "epochs": 10, "patience": 2}
+RESULTS_COLUMNS = ("main_auc", "aux_auc", "best_epoch", "train_s")
+ABOUT = (
+    "UCI Census-Income (KDD) as MMoE section 6.3 uses it (`mtlzoo.data.census_income`): "
+    "group 1 = income > 50K (main) + never married; group 2 = education at least "
+    "college (main) + never married. Adam (lr 1e-3, batch 1024), at most 10 epochs, "
+    "early stopping on the validation AUC of the main task (patience 2), the weights of "
+    "the best epoch evaluated on the test split; {seeds} seed(s)."
+)
+
+
+def fit_and_score(model: mtlzoo.MultiTaskModel, data, weighting: str, seed: int,
+                  **budget) -> dict:
+    """Train ``model`` on the census ``data`` as every run of the suite is trained
+    (:data:`BUDGET`, which ``budget`` may override for a quick test) and score it on the
+    test split: ``main_auc``, ``aux_auc``, ``best_epoch``, ``train_s`` (seconds from the
+    first step to the end of the test evaluation)."""
+    budget = {**BUDGET, **budget}
+    main, aux = (task.name for task in data.tasks)
+    trainer = mtlzoo.Trainer(model, weighting=weighting, lr=budget["lr"],
+                             batch_size=budget["batch_size"], seed=seed,
+                             input_key=("categorical", "numeric"), progress=False)
+    start = time.perf_counter()
+    trainer.fit(data.splits["train"], eval=data.splits["validation"],
+                epochs=budget["epochs"], early_stopping=f"{main}/auc",
+                patience=budget["patience"])
+    test = trainer.evaluate(data.splits["test"])
+    return {"main_auc": float(test.loc[main, "auc"]), "aux_auc": float(test.loc[aux, "auc"]),
+            "best_epoch": trainer.best_epoch, "train_s": time.perf_counter() - start}
 
 
 def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
               progress: bool = True, command: str | None = None,
-              weightings: Sequence[str] = ("equal",)) -> SuiteResult:
-    """Run (or resume) the Census-Income suite; write its tables; return them."""
+              weightings: Sequence[str] = ("equal",), peers: bool = False) -> SuiteResult:
+    """Run (or resume) the Census-Income suite; write its tables; return them. With
+    ``peers``, also the peers' MMoE, PLE and shared-bottom on the same data, budget, seeds
+    and evaluation (:mod:`mtlzoo.bench.peer_census`), written beside ours as
+    ``quality_census_<size>_peers.*``; the peers missing fail before anything runs."""
     from mtlzoo.data import census_income
     from mtlzoo.encoders import TabularEncoder
 
+    if peers:  # the peers missing fail here, before anything runs
+        from mtlzoo.bench import peer_census
+        from mtlzoo.bench.peers import FAMILIES, PEERS, require_peers
+
+        versions = require_peers()
     command = command or f"mtlzoo.bench.census.run_suite({size!r}, weightings={weightings!r})"
     load = cache(lambda group: census_income(path, task_group=group, seed=0))
-    points = grid_points(weightings, [{"task_group": group, "seed": seed}
-                                      for group in (1, 2) for seed in range(CENSUS_SEEDS[size])])
+    settings = [{"task_group": group, "seed": seed}
+                for group in (1, 2) for seed in range(CENSUS_SEEDS[size])]
 
     def run(point: dict) -> dict:
         data = load(point["task_group"])
-        main, aux = (task.name for task in data.tasks)
         torch.manual_seed(point["seed"])
         encoder = TabularEncoder(data.cardinalities, len(data.numeric_columns), embedding_dim=4)
         model = mtlzoo.create_model(point["model"], tasks=data.tasks, encoder=encoder,
                                     tower_dims=(8,), **MODEL_OPTIONS[point["model"]])
-        trainer = mtlzoo.Trainer(model, weighting=point["weighting"], lr=1e-3, batch_size=1024,
-                                 seed=point["seed"], input_key=("categorical", "numeric"),
-                                 progress=False)
-        start = time.perf_counter()
-        trainer.fit(data.splits["train"], eval=data.splits["validation"], epochs=10,
-                    early_stopping=f"{main}/auc", patience=2)
-        test = trainer.evaluate(data.splits["test"])
-        return {"main_auc": test.loc[main, "auc"], "aux_auc": test.loc[aux, "auc"],
-                "best_epoch": trainer.best_epoch, "train_s": time.perf_counter() - start}
+        return fit_and_score(model, data, point["weighting"], point["seed"])
 
     stem = out / f"quality_census_{size}"
-    runs = run_grid(points, run, runs_path(stem), progress=progress,
-                    description=f"census ({size})",
-                    results=("main_auc", "aux_auc", "best_epoch", "train_s"))
+    runs = run_grid(grid_points(weightings, settings), run, runs_path(stem),
+                    progress=progress, description=f"census ({size})", results=RESULTS_COLUMNS)
     summary = summarise(runs)
-    about = (
-        "UCI Census-Income (KDD) as MMoE section 6.3 uses it (`mtlzoo.data.census_income`): "
-        "group 1 = income > 50K (main) + never married; group 2 = education at least "
-        "college (main) + never married. Adam (lr 1e-3, batch 1024), at most 10 epochs, "
-        "early stopping on the validation AUC of the main task (patience 2), the weights of "
-        f"the best epoch evaluated on the test split; {CENSUS_SEEDS[size]} seed(s). `best`: the "
-        "run with the best main-task AUC (its auxiliary AUC beside it), `mean`: over seeds. "
-        "Group 1 has the papers' rows beside ours (MMoE Table 1: best / mean of 400 runs; "
-        "PLE Table 5: one figure), with ours minus theirs; MMoE Table 2 (group 2) is not in "
-        "our reference notes, so group 2 stands alone."
+    about = ABOUT.format(seeds=CENSUS_SEEDS[size]) + (
+        " `best`: the run with the best main-task AUC (its auxiliary AUC beside it), "
+        "`mean`: over seeds. Group 1 has the papers' rows beside ours (MMoE Table 1: best / "
+        "mean of 400 runs; PLE Table 5: one figure), with ours minus theirs; MMoE Table 2 "
+        "(group 2) is not in our reference notes, so group 2 stands alone."
     )
     markdown = markdown_report(f"Census-Income: test AUC ({size})",
                                stamp(command, grid=runs.attrs.get("grid")), [about], summary,
                                digits=4)
-    return SuiteResult(summary, [], write_result(stem, summary, markdown))
+    result = SuiteResult(summary, [], write_result(stem, summary, markdown))
+    if not peers:
+        return result
+
+    def run_peer(point: dict) -> dict:
+        return peer_census.run_peer(point["implementation"], point["model"],
+                                    load(point["task_group"]), point["seed"],
+                                    weighting=point["weighting"])
+
+    peer_points = [{"implementation": implementation, "model": family, "weighting": weighting,
+                    **setting}
+                   for setting in settings for family in FAMILIES
+                   for implementation in PEERS
+                   for weighting in check_weightings(weightings)]
+    stem = out / f"quality_census_{size}_peers"
+    peer_runs = run_grid(peer_points, run_peer, runs_path(stem), progress=progress,
+                         description=f"census peers ({size})", results=RESULTS_COLUMNS,
+                         notes=("note",))
+    ours = runs[runs.model.isin(FAMILIES)].assign(
+        implementation="ours", note="")
+    table = summarise_peers(pd.concat([ours, peer_runs], ignore_index=True))
+    about = ABOUT.format(seeds=CENSUS_SEEDS[size]) + (
+        " Our MMoE, PLE and shared-bottom (the rows of `quality_census_" + size + ".md`) "
+        "beside torch-rechub's and DeepCTR-Torch's: each peer's architecture behind our "
+        "TabularEncoder (the same features and embeddings of width 4), trained by our Trainer "
+        "and scored by our evaluation (`mtlzoo.bench.peer_census`: the peers' probabilities "
+        "become logits for our loss). `main_best`/`main_mean`: the main task's test AUC, "
+        "best and mean over seeds; `vs_ours`: a peer's mean minus ours, same group and "
+        "family; `note`: why a peer could not run a configuration."
+    )
+    markdown = markdown_report(
+        f"Census-Income: ours beside the peers ({size})",
+        stamp(command, grid=peer_runs.attrs.get("grid")),
+        [about, "Peers: " + ", ".join(f"{name} {version}" for name, version in versions.items())
+         + "."], table, digits=4)
+    return SuiteResult(table, [], write_result(stem, table, markdown))
+
+
+def summarise_peers(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (group, family, implementation): the main task's test AUC best and mean over
+    seeds, the auxiliary task's mean, the mean seconds of a run, the peer's mean minus
+    ours, and the note of a run that could not be made."""
+    rows = []
+    for (group, family, weighting), part in runs.groupby(["task_group", "model", "weighting"],
+                                                          sort=False):
+        ours = part[part.implementation == "ours"].main_auc.mean()
+        for implementation, runs_of in part.groupby("implementation", sort=False):
+            notes = [note for note in runs_of.note if note]
+            rows.append({
+                "task_group": group, "model": family, "weighting": weighting,
+                "implementation": implementation, "seeds": len(runs_of),
+                "main_best": runs_of.main_auc.max(), "main_mean": runs_of.main_auc.mean(),
+                "aux_mean": runs_of.aux_auc.mean(),
+                "vs_ours": runs_of.main_auc.mean() - ours,
+                "train_s": runs_of.train_s.mean(), "note": notes[0] if notes else "",
+            })
+    return pd.DataFrame(rows)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:

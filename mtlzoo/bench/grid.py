@@ -22,6 +22,7 @@ def run_grid(
     progress: bool = True,
     description: str = "grid",
     results: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Run ``run(point)`` for every point not already in ``csv_path`` and append its row
     (the point's settings, then the results) there as soon as it is done, so an
@@ -31,8 +32,9 @@ def run_grid(
     the file is in the frame's ``attrs["grid"]``, a :class:`~mtlzoo.bench.report.GridCount`
     for the results' stamp.
 
-    ``results`` names the columns ``run`` returns, each a number (or NaN); given, a file
-    whose columns are not the settings and these is refused before anything runs.
+    ``results`` names the columns ``run`` returns, each a number (or NaN), and ``notes``
+    those it returns as free text (e.g. why a run could not be made); given, a file whose
+    columns are not the settings and these is refused before anything runs.
     A file that cannot be resumed from (not UTF-8 CSV text, a row cut short or of the
     wrong number of fields, a numeric setting or a result that is not a number, the columns
     of another grid) is refused with an MtlzooError naming it; nothing is appended to it."""
@@ -43,7 +45,7 @@ def run_grid(
     done = set()
     header = None
     if csv_path.exists() and (csv_path.is_dir() or csv_path.stat().st_size):
-        previous = _read_runs(csv_path, keys, points, results)
+        previous = _read_runs(csv_path, keys, points, results, notes)
         header = list(previous.columns)
         done = {_key(row, keys) for row in previous[keys].to_dict("records")}
     todo = [point for point in points if _key(point, keys) not in done]
@@ -67,7 +69,7 @@ def run_grid(
             writer.writerow(row)
         bar.update()
     bar.close()
-    rows = _read_runs(csv_path, keys, points, results)
+    rows = _read_runs(csv_path, keys, points, results, notes)
     wanted = {_key(point, keys) for point in points}
     rows = rows[[_key(row, keys) in wanted for row in rows[keys].to_dict("records")]]
     rows.attrs["grid"] = GridCount(ran=len(todo), resumed=len(points) - len(todo),
@@ -79,7 +81,7 @@ AFRESH = "move the file away to start the grid afresh"
 
 
 def _read_runs(csv_path: Path, keys: list[str], points: Sequence[dict],
-               results: Sequence[str]) -> pd.DataFrame:
+               results: Sequence[str], notes: Sequence[str] = ()) -> pd.DataFrame:
     """The rows of a runs file, checked field by field before pandas reads them."""
     try:
         text = csv_path.read_bytes().decode("utf-8")
@@ -128,10 +130,10 @@ def _read_runs(csv_path: Path, keys: list[str], points: Sequence[dict],
             f"{csv_path} was written by a grid without the setting(s) {missing}; move it "
             "away (or add the column) to resume"
         )
-    if results and sorted(header) != sorted([*keys, *results]):
+    if results and sorted(header) != sorted([*keys, *results, *notes]):
         raise MtlzooError(
-            f"{csv_path} has the columns {header}, not this grid's {[*keys, *results]}; "
-            f"{AFRESH}"
+            f"{csv_path} has the columns {header}, not this grid's "
+            f"{[*keys, *results, *notes]}; {AFRESH}"
         )
     numeric = [key for key in keys if all(
         isinstance(point[key], numbers.Real) and not isinstance(point[key], bool)
@@ -151,10 +153,14 @@ def _read_runs(csv_path: Path, keys: list[str], points: Sequence[dict],
                     f"{AFRESH}"
                 ) from error
     try:
-        return pd.read_csv(io.StringIO(text))
+        frame = pd.read_csv(io.StringIO(text), dtype={n: str for n in notes if n in header})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
         raise MtlzooError(f"cannot resume from {csv_path}: {str(error).strip()}; "
                           f"{AFRESH}") from error
+    for note in notes:  # a note stays text, "" where there is none (not NaN)
+        if note in frame:
+            frame[note] = frame[note].fillna("")
+    return frame
 
 
 def _shown(fields: list[str], limit: int = 60) -> str:

@@ -46,7 +46,6 @@ a note saying so (:class:`Unbuildable` from :func:`build_model`).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -55,10 +54,10 @@ from torch import Tensor, nn
 
 import mtlzoo
 from mtlzoo.bench import peers
+from mtlzoo.bench.census import RESULTS_COLUMNS, fit_and_score
 from mtlzoo.errors import MtlzooError
 
 EPS = 1e-7  # the clamp of the peers' probabilities before the logit (float32: 1 - EPS < 1)
-RESULTS = ("main_auc", "aux_auc", "best_epoch", "train_s")  # as our census runs; + "note"
 
 # Our census suite's sizes (MMoE section 5.1): 8 experts of one 16-unit layer, towers of 8,
 # a 113-unit shared bottom, PLE with 2 levels of 4 shared + 2 per task experts of 16.
@@ -181,32 +180,18 @@ def build_model(implementation: str, family: str, data, seed: int = 0,
 
 
 def run_peer(implementation: str, family: str, data, seed: int = 0, weighting: str = "equal",
-             epochs: int = 10, patience: int = 2, batch_size: int = 1024, lr: float = 1e-3,
-             progress: bool = False, **sizes) -> dict:
-    """Train and score one census run as our census suite does: Adam (``lr``), batches of
-    ``batch_size``, at most ``epochs`` epochs with early stopping on the validation AUC of
-    the main task (the first of ``data.tasks``; ``patience`` epochs), the best epoch's
-    weights evaluated on the test split. Returns ``main_auc``, ``aux_auc`` (test AUC of the
-    two tasks), ``best_epoch``, ``train_s`` (seconds from the first step to the end of the
-    test evaluation) and ``note``: "" when it ran; where a peer cannot build or run the
-    configuration, the results are NaN and ``note`` says why. ``implementation`` is
-    ``"ours"`` or a peer (:data:`mtlzoo.bench.peers.IMPLEMENTATIONS`); ``sizes`` overrides
-    the census sizes (:func:`census_config`)."""
-    main, aux = (task.name for task in data.tasks)
+             budget: dict | None = None, **sizes) -> dict:
+    """One census run of ``implementation``'s ``family``, built by :func:`build_model` and
+    trained and scored as every run of the census suite
+    (:func:`mtlzoo.bench.census.fit_and_score`; ``budget`` overrides its lr, batch size,
+    epochs or patience, and ``sizes`` the census sizes, for a quick test). Returns its
+    results and ``note``: "" when it ran; where a peer cannot build or run the
+    configuration, the results are NaN and ``note`` says why."""
     try:
         model = build_model(implementation, family, data, seed, **sizes)
     except Unbuildable as error:
-        return {**dict.fromkeys(RESULTS, math.nan), "note": str(error)}
-    trainer = mtlzoo.Trainer(model, weighting=weighting, lr=lr, batch_size=batch_size,
-                             seed=seed, input_key=("categorical", "numeric"),
-                             progress=progress)
-    start = time.perf_counter()
-    trainer.fit(data.splits["train"], eval=data.splits["validation"], epochs=epochs,
-                early_stopping=f"{main}/auc", patience=patience)
-    test = trainer.evaluate(data.splits["test"])
-    return {"main_auc": float(test.loc[main, "auc"]), "aux_auc": float(test.loc[aux, "auc"]),
-            "best_epoch": trainer.best_epoch, "train_s": time.perf_counter() - start,
-            "note": ""}
+        return {**dict.fromkeys(RESULTS_COLUMNS, math.nan), "note": str(error)}
+    return {**fit_and_score(model, data, weighting, seed, **(budget or {})), "note": ""}
 
 
 def _our_options(config: peers.Config) -> dict:
