@@ -7,6 +7,7 @@
     mtlzoo demo                   the synthetic suite at demo size: every architecture compared
     mtlzoo bench quality --suite synthetic|census [--size demo|full] [--weightings equal,dwa]
     mtlzoo bench quality --suite census --peers   the peers' MMoE, PLE, shared-bottom beside ours
+    mtlzoo bench quality --suite synthetic --size demo --check-budget 4   demo budget vs 4x
     mtlzoo bench speed            every architecture's train step against its loop version
     mtlzoo bench speed --peers    our MMoE and PLE against torch-rechub's and DeepCTR-Torch's
 
@@ -100,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="synthetic: rows per point (quick looks)")
     quality.add_argument("--epochs", type=_positive_int, help="synthetic: epochs (quick looks)")
     quality.add_argument("--seeds", type=_positive_int, help="synthetic: seeds (quick looks)")
+    quality.add_argument("--workers", type=_positive_int,
+                         help="synthetic: grid points trained at once, one process each "
+                              "(default: the size's; demo 2)")
+    quality.add_argument(
+        "--check-budget", type=_positive_int, metavar="FACTOR",
+        help="synthetic: the learning-curve check, the size's budget against FACTOR times "
+             "its steps, each model's test MSE at both",
+    )
     quality.add_argument("--census-path", help="census: a folder with the CSV files")
     quality.add_argument(
         "--peers", action="store_true",
@@ -255,8 +264,9 @@ def _demo(args: argparse.Namespace, command: str) -> int:
 
     size = synthetic.SYNTHETIC_SIZES["demo"]
     print(f"Training {len(synthetic.MODELS)} architectures on the synthetic tasks at "
-          f"{len(synthetic.CORRELATIONS)} task correlations x {size.seeds} seeds "
-          f"({size.rows:,} rows each); progress below.", file=sys.stderr, flush=True)
+          f"{len(synthetic.CORRELATIONS)} task correlations x {size.seeds} seeds: "
+          f"{size.describe()}; {size.workers} at a time. Progress below.", file=sys.stderr,
+          flush=True)
     result = synthetic.run_suite("demo", out=Path(args.out), progress=not args.quiet,
                                  command=command)
     table = result.summary.pivot(index="model", columns="correlation", values="rel")
@@ -268,8 +278,9 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     print("\n".join(f"* {claim}" for claim in result.claims))
     figure = f"  figure: {result.figure}" if result.figure else ""
     print(f"\nFull tables: {result.report}{figure}")
-    print(f"Demo size is {size.rows:,} rows per point; the full suites (make bench) and what "
-          "they measured on our machine: docs/results.md")
+    print("The demo's budget trains every model to within 10% of its test MSE at 4x the "
+          "steps (mtlzoo bench quality --suite synthetic --size demo --check-budget 4); "
+          "the full suites (make bench) and what they measured: docs/results.md")
     print(speed.headline())
     return 0
 
@@ -283,9 +294,17 @@ def _bench(args: argparse.Namespace, command: str) -> int:
                                          "mtlzoo bench speed --peers)")
             from mtlzoo.bench import synthetic
 
+            if args.check_budget:
+                result = synthetic.check_budget(args.size, args.check_budget, out=out,
+                                                progress=not args.quiet, command=command)
+                print(result.summary.to_string(index=False,
+                                               float_format=lambda v: f"{v:.4f}"))
+                print(f"\n{result.claims[0]}\nWritten to {result.report}")
+                return 0
             result = synthetic.run_suite(args.size, out=out, progress=not args.quiet,
                                          command=command, weightings=args.weightings,
-                                         rows=args.rows, epochs=args.epochs, seeds=args.seeds)
+                                         rows=args.rows, epochs=args.epochs, seeds=args.seeds,
+                                         workers=args.workers)
         else:
             from mtlzoo.bench import census
 

@@ -3,6 +3,7 @@ sizes; the ``mtlzoo bench`` and ``mtlzoo demo`` commands: tests/test_cli.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from pathlib import Path
@@ -147,6 +148,65 @@ def test_grid_notes_are_text_and_results_numbers(tmp_path):
         assert rows.score.iloc[[0, 2]].tolist() == [0.0, 20.0] and rows.score.isna().iloc[1]
     with pytest.raises(mtlzoo.MtlzooError, match="not this grid's"):
         run_grid(points, run, path, progress=False, results=("score",))  # note undeclared
+
+
+def tenfold(point: dict) -> dict:
+    """A grid point's run, at module level so that spawned workers can import it."""
+    if point["seed"] < 0:
+        raise ValueError(f"bad seed {point['seed']}")
+    return {"score": point["seed"] * 10, "threads": torch.get_num_threads()}
+
+
+def test_grid_workers_run_points_in_one_thread_processes(tmp_path):
+    from mtlzoo.bench.grid import run_grid
+
+    path = tmp_path / "runs.csv"
+    points = [{"seed": s} for s in range(4)]
+    rows = run_grid(points, tenfold, path, progress=False, workers=2)
+    assert sorted(rows.score) == [0, 10, 20, 30] and set(rows.threads) == {1}
+    assert rows.attrs["grid"].ran == 4
+    with pytest.raises(ValueError, match="bad seed -1"):  # a failed point stops the grid
+        run_grid([*points, {"seed": -1}], tenfold, path, progress=False, workers=2)
+    assert len(pd.read_csv(path)) == 4  # the rows done are kept
+    with pytest.raises(mtlzoo.MtlzooError, match="workers"):
+        run_grid(points, tenfold, path, progress=False, workers=0)
+
+
+def test_budget_check_compares_each_model_at_the_budget_and_longer(tmp_path, monkeypatch):
+    from mtlzoo.bench import synthetic
+
+    monkeypatch.setitem(synthetic.SYNTHETIC_SIZES, "demo",
+                        synthetic.SyntheticSize(rows=200, epochs=1, seeds=1, dim=8,
+                                                standardize=True, lr_schedule="cosine"))
+    monkeypatch.setattr(synthetic, "CORRELATIONS", (0.5,))
+    result = synthetic.check_budget("demo", factor=2, out=tmp_path, progress=False)
+    table = result.summary
+    assert list(table.model) == list(synthetic.MODELS)
+    assert table.ratio.tolist() == pytest.approx((table.budget / table.x2).tolist())
+    assert table.within.tolist() == [abs(r - 1) <= 0.1 for r in table.ratio]
+    runs = pd.read_csv(tmp_path / "quality_synthetic_demo_x2_runs.csv")
+    assert len(runs) == len(synthetic.MODELS)
+    report = result.report.read_text()
+    assert result.report.name == "quality_synthetic_demo_budget.md"
+    assert "2 epochs" in report and result.claims[0] in report
+    assert ("Verdict: every model" in report) == bool(table.within.all())
+    again = synthetic.check_budget("demo", factor=2, out=tmp_path, progress=False)
+    assert again.summary.equals(table)  # resumed, not rerun
+    assert "none of its" in again.report.read_text()
+
+
+def test_synthetic_rows_of_another_setup_are_never_taken_for_this_ones(tmp_path, monkeypatch):
+    from mtlzoo.bench import synthetic
+
+    tiny = synthetic.SyntheticSize(rows=200, epochs=1, seeds=1, dim=8)
+    monkeypatch.setattr(synthetic, "CORRELATIONS", (0.5,))
+    monkeypatch.setitem(synthetic.SYNTHETIC_SIZES, "demo", tiny)
+    first = synthetic.run_grid_of(tiny, "demo", tmp_path, ("equal",), progress=False)
+    other = dataclasses.replace(tiny, lr=1e-2)  # same name and files, another budget
+    second = synthetic.run_grid_of(other, "demo", tmp_path, ("equal",), progress=False)
+    assert first.attrs["grid"].ran == second.attrs["grid"].ran == len(first)
+    assert set(second.setup) == {other.key()} and "lr=0.01" in other.key()
+    assert len(pd.read_csv(tmp_path / "quality_synthetic_demo_runs.csv")) == 2 * len(first)
 
 
 def test_compare_with_loop_reports_ratios_and_flops():

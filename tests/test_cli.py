@@ -46,7 +46,8 @@ def test_demo_runs_the_synthetic_suite_and_points_at_its_files(capsys, tmp_path,
 
     monkeypatch.setattr(peers, "require_peers", no_peers)  # as on a machine without the extra
     monkeypatch.setitem(synthetic.SYNTHETIC_SIZES, "demo",
-                        synthetic.SyntheticSize(rows=300, epochs=1, seeds=1))
+                        synthetic.SyntheticSize(rows=300, epochs=1, seeds=1, dim=16,
+                                                standardize=True, workers=2))
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     for name in mtlzoo.list_models():

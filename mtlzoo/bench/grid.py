@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from mtlzoo import _checks
 from mtlzoo.bench.report import GridCount
 from mtlzoo.errors import MtlzooError
 
@@ -23,6 +27,7 @@ def run_grid(
     description: str = "grid",
     results: Sequence[str] = (),
     notes: Sequence[str] = (),
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Run ``run(point)`` for every point not already in ``csv_path`` and append its row
     (the point's settings, then the results) there as soon as it is done, so an
@@ -37,9 +42,16 @@ def run_grid(
     columns are not the settings and these is refused before anything runs.
     A file that cannot be resumed from (not UTF-8 CSV text, a row cut short or of the
     wrong number of fields, a numeric setting or a result that is not a number, the columns
-    of another grid) is refused with an MtlzooError naming it; nothing is appended to it."""
+    of another grid) is refused with an MtlzooError naming it; nothing is appended to it.
+
+    ``workers`` > 1 runs that many points at once, each in its own process (spawned, one
+    torch thread each, so on a few cores small models train side by side instead of
+    splitting one step over threads); ``run`` must then be picklable (a module-level
+    function, or a ``functools.partial`` of one). Rows are appended as points finish, in
+    that order; a point that fails stops the grid, the rows done so far kept."""
     from tqdm import tqdm
 
+    _checks.positive_int("workers", workers)
     csv_path = Path(csv_path)
     keys = list(points[0]) if points else []
     done = set()
@@ -52,9 +64,8 @@ def run_grid(
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=description,
                disable=None if progress else True)
-    for point in todo:
-        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in point.items()))
-        row = {**point, **run(point)}
+    for point, result in _results(run, todo, workers, bar):
+        row = {**point, **result}
         if header is not None and sorted(row) != sorted(header):
             raise MtlzooError(
                 f"{csv_path} has the columns {header}, but this grid's rows have {list(row)} "
@@ -75,6 +86,29 @@ def run_grid(
     rows.attrs["grid"] = GridCount(ran=len(todo), resumed=len(points) - len(todo),
                                    runs_file=csv_path.name)
     return rows
+
+
+def _results(run: Callable[[dict], dict], points: Sequence[dict], workers: int, bar
+             ) -> Iterator[tuple[dict, dict]]:
+    """``(point, run(point))`` for every point: in order here, or as they finish in
+    ``workers`` processes."""
+    if workers == 1 or len(points) < 2:
+        for point in points:
+            bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in point.items()))
+            yield point, run(point)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(points)), mp_context=context,
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = {pool.submit(run, point): point for point in points}
+        try:
+            for future in as_completed(futures):
+                point = futures[future]
+                bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in point.items()))
+                yield point, future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 AFRESH = "move the file away to start the grid afresh"

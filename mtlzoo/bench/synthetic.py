@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, replace
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +20,137 @@ import pandas as pd
 import torch
 
 import mtlzoo
+from mtlzoo import _checks
 from mtlzoo.bench.claims import check_claims
 from mtlzoo.bench.figures import synthetic_figure
 from mtlzoo.bench.grid import run_grid
-from mtlzoo.bench.report import RESULTS, markdown_report, runs_path, stamp, write_result
+from mtlzoo.bench.report import (
+    RESULTS,
+    GridCount,
+    markdown_report,
+    runs_path,
+    stamp,
+    write_result,
+)
 from mtlzoo.bench.suite import MODEL_OPTIONS, MODELS, SuiteResult, grid_points
+from mtlzoo.errors import MtlzooError
 
 __all__ = ["CORRELATIONS", "MODELS", "MODEL_OPTIONS", "SYNTHETIC_SIZES", "SyntheticSize",
-           "paired", "run_suite", "summarise"]
+           "check_budget", "paired", "run_point", "run_suite", "summarise"]
 
 
 @dataclass(frozen=True)
 class SyntheticSize:
-    rows: int  # per correlation and seed: 80% train, 10% validation, 10% test
+    """A size of the suite: the data, the training budget and the seeds.
+
+    ``rows`` per correlation and seed, 80/10/10 train/validation/test; ``dim`` input
+    features; ``standardize``: targets centred and scaled by the train split's mean and std
+    (a test MSE is then one relative to the target's variance). ``workers``: grid points
+    trained at once, each in its own one-thread process."""
+
+    rows: int
     epochs: int
     seeds: int
     batch_size: int = 256
+    dim: int = 512
+    standardize: bool = False
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    workers: int = 1
+
+    def key(self) -> str:
+        """What the runs depend on, in one cell of the runs file, so that rows trained at
+        another size or budget are never taken for this one's."""
+        return (f"rows={self.rows} dim={self.dim} standardize={self.standardize} "
+                f"epochs={self.epochs} batch={self.batch_size} {self.optimizer} lr={self.lr:g} "
+                f"wd={self.weight_decay:g} {self.lr_schedule}")
+
+    def describe(self) -> str:
+        """The data and budget in words, for a report."""
+        decay = f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
+        schedule = ", cosine decay to 0" if self.lr_schedule == "cosine" else ""
+        targets = ("targets standardised on the train split" if self.standardize
+                   else "raw targets")
+        return (f"{self.rows:,} rows per correlation and seed, d = {self.dim}, {targets}; "
+                f"{self.epochs} epochs of {self.optimizer} (lr {self.lr:g}{decay}"
+                f"{schedule}), batch {self.batch_size}; {self.seeds} seed(s)")
 
 
+# demo: MMoE section 5.1's input width (d = 100) and sizes, a budget that trains every
+# model to within 10% of its test MSE at 4x the steps (docs/results.md), in 2 processes;
+# full: the PLE paper's d = 512 at a size our 2-core CPU runs in hours
 SYNTHETIC_SIZES = {
-    "demo": SyntheticSize(rows=8_000, epochs=10, seeds=5),
+    "demo": SyntheticSize(rows=10_000, epochs=32, seeds=2, dim=100, standardize=True,
+                          optimizer="adamw", lr=3e-3, weight_decay=0.3,
+                          lr_schedule="cosine", workers=2),
     "full": SyntheticSize(rows=100_000, epochs=10, seeds=5),
 }
 CORRELATIONS = (0.2, 0.5, 0.9, 1.0)
+TASKS = (mtlzoo.Task("y1", kind="regression"), mtlzoo.Task("y2", kind="regression"))
 
 
 @cache
-def _data(rows: int, correlation: float, seed: int) -> dict[str, dict]:
+def _data(rows: int, dim: int, correlation: float, seed: int, standardize: bool
+          ) -> dict[str, dict]:
     """The splits as dicts of tensors: converted once here, not batch by batch from Arrow
-    (which took half of each training step's time)."""
+    (which took half of each training step's time); with ``standardize``, each target
+    centred and scaled by the train split's mean and std."""
     from mtlzoo.data import synthetic_tasks
 
-    splits = synthetic_tasks(rows, correlation, seed=seed,
+    splits = synthetic_tasks(rows, correlation, dim=dim, seed=seed,
                              splits={"train": 0.8, "validation": 0.1, "test": 0.1})
-    return {name: dict(split.with_format("torch")[:]) for name, split in splits.items()}
+    data = {name: dict(split.with_format("torch")[:]) for name, split in splits.items()}
+    if standardize:
+        for task in TASKS:
+            mean, std = data["train"][task.name].mean(), data["train"][task.name].std()
+            for split in data.values():
+                split[task.name] = (split[task.name] - mean) / std
+    return data
+
+
+def run_point(spec: SyntheticSize, point: dict) -> dict:
+    """Train ``point["model"]`` under ``point["weighting"]`` at ``spec``'s size on the data
+    of ``point["correlation"]`` and ``point["seed"]``; its test MSE per task and seconds."""
+    data = _data(spec.rows, spec.dim, point["correlation"], point["seed"], spec.standardize)
+    torch.manual_seed(point["seed"])
+    model = mtlzoo.create_model(point["model"], in_features=spec.dim, tasks=TASKS,
+                                tower_dims=(8,), **MODEL_OPTIONS[point["model"]])
+    trainer = mtlzoo.Trainer(model, weighting=point["weighting"], optimizer=spec.optimizer,
+                             lr=spec.lr, weight_decay=spec.weight_decay,
+                             lr_schedule=spec.lr_schedule, batch_size=spec.batch_size,
+                             seed=point["seed"], progress=False)
+    start = time.perf_counter()
+    trainer.fit(data["train"], epochs=spec.epochs)
+    test = trainer.evaluate(data["test"])
+    return {"y1_mse": test.loc["y1", "mse"], "y2_mse": test.loc["y2", "mse"],
+            "train_s": time.perf_counter() - start}
+
+
+def sized(size: str, **overrides) -> tuple[str, SyntheticSize]:
+    """The name and spec of ``size``, changed by the ``overrides`` that are not None (the
+    name then says ``custom`` with the rows and epochs)."""
+    if size not in SYNTHETIC_SIZES:
+        raise MtlzooError(f"unknown size {size!r}; one of {', '.join(SYNTHETIC_SIZES)}")
+    spec = SYNTHETIC_SIZES[size]
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if not overrides:
+        return size, spec
+    spec = replace(spec, **overrides)
+    return f"custom_{spec.rows}rows_{spec.epochs}epochs", spec
+
+
+def run_grid_of(spec: SyntheticSize, name: str, out: Path, weightings: Sequence[str],
+                progress: bool) -> pd.DataFrame:
+    """The runs of the suite at ``spec`` (resumed from ``quality_synthetic_<name>_runs.csv``
+    under ``out``)."""
+    points = grid_points(weightings, [{"correlation": p, "seed": seed, "setup": spec.key()}
+                                      for p in CORRELATIONS for seed in range(spec.seeds)])
+    return run_grid(points, partial(run_point, spec),
+                    runs_path(out / f"quality_synthetic_{name}"), progress=progress,
+                    description=f"synthetic ({name})", results=("y1_mse", "y2_mse", "train_s"),
+                    workers=spec.workers)
 
 
 def run_suite(size: str = "demo", out: Path = RESULTS, progress: bool = True,
@@ -61,49 +158,26 @@ def run_suite(size: str = "demo", out: Path = RESULTS, progress: bool = True,
               **overrides) -> SuiteResult:
     """Run (or resume) the synthetic suite; write its tables and figure; return them.
 
-    ``overrides`` (``rows``, ``epochs``, ``seeds``) change the size for a quick look; the
-    files are then named ``custom`` with the rows and epochs. ``command`` is what the stamp
-    records (the CLI passes its command line)."""
+    ``overrides`` (``rows``, ``epochs``, ``seeds``, or any field of :class:`SyntheticSize`)
+    change the size for a quick look; the files are then named ``custom`` with the rows and
+    epochs. ``command`` is what the stamp records (the CLI passes its command line)."""
     command = command or f"mtlzoo.bench.synthetic.run_suite({size!r}, weightings={weightings!r})"
-    spec = SYNTHETIC_SIZES[size]
-    if any(value is not None for value in overrides.values()):
-        spec = SyntheticSize(**{**spec.__dict__,
-                                **{k: v for k, v in overrides.items() if v is not None}})
-        size = f"custom_{spec.rows}rows_{spec.epochs}epochs"
-    points = grid_points(weightings, [{"correlation": p, "seed": seed}
-                                      for p in CORRELATIONS for seed in range(spec.seeds)])
-    tasks = [mtlzoo.Task("y1", kind="regression"), mtlzoo.Task("y2", kind="regression")]
-
-    def run(point: dict) -> dict:
-        data = _data(spec.rows, point["correlation"], point["seed"])
-        torch.manual_seed(point["seed"])
-        model = mtlzoo.create_model(point["model"], in_features=512, tasks=tasks,
-                                    tower_dims=(8,), **MODEL_OPTIONS[point["model"]])
-        trainer = mtlzoo.Trainer(model, weighting=point["weighting"], lr=1e-3,
-                                 batch_size=spec.batch_size, seed=point["seed"], progress=False)
-        start = time.perf_counter()
-        trainer.fit(data["train"], epochs=spec.epochs)
-        test = trainer.evaluate(data["test"])
-        return {"y1_mse": test.loc["y1", "mse"], "y2_mse": test.loc["y2", "mse"],
-                "train_s": time.perf_counter() - start}
-
+    size, spec = sized(size, **overrides)
+    runs = run_grid_of(spec, size, out, weightings, progress)
     stem = out / f"quality_synthetic_{size}"
-    runs = run_grid(points, run, runs_path(stem), progress=progress,
-                    description=f"synthetic ({size})", results=("y1_mse", "y2_mse", "train_s"))
     summary, claims = summarise(runs)
     figure = synthetic_figure(summary, paired(runs), stem.with_suffix(".png"))
     about = (
-        f"MMoE generator with the PLE constants (c = 1, m = 10, d = 512, alpha, beta ~ "
-        f"N(0, 1)); {spec.rows:,} rows per correlation and seed (the PLE paper: 1.4 million; "
-        f"scaled down for a 2-core CPU), 80/10/10 train/validation/test (a fixed budget of "
-        f"{spec.epochs} epochs of Adam, lr 1e-3, batch {spec.batch_size}, so the validation "
-        f"split is held out unused); {spec.seeds} seeds, each drawing the data and the initial "
-        "weights; MMoE section 5.1 sizes (8 experts of 16 units, towers of 8, a 113-unit "
-        "shared bottom). The seeds differ widely in difficulty, so models are compared on "
-        "each seed: `y1_rel`, `y2_rel`: test MSE over single-task's on the same data and "
-        "seed, geometric mean over seeds (below 1: sharing helps); `rel`: of both tasks; "
-        "`rel_std`: its spread over seeds; `gain_*` = 1 - `*_rel`, the fraction of "
-        "single-task's MSE removed; `y1_mse`, `y2_mse`: plain means over seeds."
+        f"MMoE generator with the PLE constants (c = 1, m = 10, alpha, beta ~ N(0, 1)); "
+        f"{spec.describe()} (the PLE paper: 1.4 million rows, d = 512; scaled down for a "
+        "2-core CPU). A fixed budget, so the validation split is held out unused; each seed "
+        "draws the data and the initial weights; MMoE section 5.1 sizes (8 experts of 16 "
+        "units, towers of 8, a 113-unit shared bottom). The seeds differ widely in "
+        "difficulty, so models are compared on each seed: `y1_rel`, `y2_rel`: test MSE over "
+        "single-task's on the same data and seed, geometric mean over seeds (below 1: "
+        "sharing helps); `rel`: of both tasks; `rel_std`: its spread over seeds; `gain_*` = "
+        "1 - `*_rel`, the fraction of single-task's MSE removed; `y1_mse`, `y2_mse`: plain "
+        "means over seeds."
     )
     after = ["## The papers' claims, checked", "", *[f"* {claim}" for claim in claims]]
     if figure:
@@ -113,6 +187,50 @@ def run_suite(size: str = "demo", out: Path = RESULTS, progress: bool = True,
         stamp(command, grid=runs.attrs.get("grid")), [about], summary, digits=4, after=after,
     )
     return SuiteResult(summary, claims, write_result(stem, summary, markdown), figure)
+
+
+def check_budget(size: str = "demo", factor: int = 4, out: Path = RESULTS,
+                 progress: bool = True, command: str | None = None,
+                 tolerance: float = 0.10) -> SuiteResult:
+    """The learning-curve check of a size's budget: the suite at ``size`` and again with
+    ``factor`` times the epochs (so the steps; an lr schedule stretched alike), each model's
+    test MSE (geometric mean over tasks, correlations and seeds) at both, and whether the
+    budget's is within ``tolerance`` of the longer run's. Writes
+    ``quality_synthetic_<size>_budget.*`` (the runs resume as the suite's do)."""
+    command = command or f"mtlzoo.bench.synthetic.check_budget({size!r}, factor={factor})"
+    _checks.positive_int("factor", factor)
+    name, spec = sized(size)
+    longer = replace(spec, epochs=spec.epochs * factor)
+    short = run_grid_of(spec, name, out, ("equal",), progress)
+    long = run_grid_of(longer, f"{name}_x{factor}", out, ("equal",), progress)
+    table = pd.DataFrame({"budget": _mse_by_model(short), f"x{factor}": _mse_by_model(long)})
+    table["ratio"] = table.budget / table[f"x{factor}"]
+    table["within"] = (table.ratio - 1).abs() <= tolerance
+    table = table.reindex([m for m in MODELS if m in table.index]).reset_index(names="model")
+    verdict = ("every model's test MSE at the budget is within "
+               f"{tolerance:.0%} of its MSE at {factor}x the steps" if table.within.all() else
+               f"NOT every model is within {tolerance:.0%}: "
+               + ", ".join(f"{row.model} {row.ratio:.3f}" for row in table.itertuples()
+                           if not row.within))
+    about = (
+        f"The {name} budget ({spec.describe()}) against {factor}x its epochs and steps "
+        f"({longer.epochs} epochs, the lr schedule stretched alike). `budget`, `x{factor}`: "
+        "test MSE, geometric mean over both tasks, the correlations and the seeds; `ratio`: "
+        f"budget over x{factor} (above 1: the longer run is better); `within`: |ratio - 1| "
+        f"<= {tolerance:g}."
+    )
+    grid = GridCount(*(sum(getattr(r.attrs["grid"], f) for r in (short, long))
+                       for f in ("ran", "resumed")), f"the runs files of {name} and x{factor}")
+    markdown = markdown_report(f"Synthetic tasks: is the {name} budget enough?",
+                               stamp(command, grid=grid), [about], table, digits=4,
+                               after=[f"Verdict: {verdict}."])
+    return SuiteResult(table, [verdict],
+                       write_result(out / f"quality_synthetic_{name}_budget", table, markdown))
+
+
+def _mse_by_model(runs: pd.DataFrame) -> pd.Series:
+    logs = np.log(runs[["y1_mse", "y2_mse"]]).mean(axis=1)
+    return np.exp(logs.groupby(runs.model).mean())
 
 
 def summarise(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
