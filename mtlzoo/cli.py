@@ -260,7 +260,7 @@ def _weightings(text: str) -> tuple[str, ...]:
 
 
 def _demo(args: argparse.Namespace, command: str) -> int:
-    from mtlzoo.bench import speed, synthetic
+    from mtlzoo.bench import claims, speed, synthetic
 
     size = synthetic.SYNTHETIC_SIZES["demo"]
     print(f"Training {len(synthetic.MODELS)} architectures on the synthetic tasks at "
@@ -276,6 +276,8 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print("\nThe papers' claims, checked:")
     print("\n".join(f"* {claim}" for claim in result.claims))
+    if any("does NOT hold" in claim for claim in result.claims):
+        print(claims.why_not(result.summary, size.rows))
     figure = f"  figure: {result.figure}" if result.figure else ""
     print(f"\nFull tables: {result.report}{figure}")
     print("The demo's budget trains every model to within 10% of its test MSE at 4x the "

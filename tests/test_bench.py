@@ -8,6 +8,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -81,6 +82,16 @@ def test_synthetic_claims_follow_the_numbers():
     assert sb.y1_rel == pytest.approx((per_seed[0] * per_seed[1]) ** 0.5) and sb.seeds == 2
     assert sb.rel_std == pytest.approx(abs(per_seed[1] - per_seed[0]) / 2**0.5)
     assert sb.gain_y1 == pytest.approx(1 - sb.y1_rel)
+    # why a claim may not hold: the compared models' distance against the seeds' noise
+    from mtlzoo.bench.claims import why_not
+
+    rel = summary.groupby("model").rel.apply(lambda r: np.exp(np.log(r).mean()))
+    spread = rel[["mmoe", "omoe", "shared_bottom"]]
+    multi = summary[summary.model != "single_task"]
+    note = why_not(summary, rows=1234)
+    assert "1,234 rows and 2 seed(s)" in note
+    assert f"{spread.max() - spread.min():.3f} apart" in note
+    assert f"about {(multi.rel_std / np.sqrt(2)).mean():.3f}" in note
 
     # a second weighting under which MMoE and OMoE swap: its claims are checked on their own,
     # against the same single-task baseline

@@ -75,3 +75,23 @@ def _one_weighting(summary: pd.DataFrame) -> list[str]:
         + (f", {relative:+.1f}%." if mmoe_gain > 0 else " (MMoE's gain is not positive).")
     )
     return claims
+
+
+def why_not(summary: pd.DataFrame, rows: int) -> str:
+    """Why a claim may not hold at this size, in numbers: how far apart the models the
+    claims compare are (MMoE, OMoE, shared-bottom: their relative MSE, geometric mean over
+    correlations) against the standard error of one model's relative MSE at one
+    correlation (its std over seeds over the square root of the seeds, mean over models)."""
+    equal = summary[summary.weighting == "equal"] if "equal" in set(summary.weighting) \
+        else summary
+    rel = np.exp(np.log(equal.set_index("model").rel).groupby("model").mean())
+    compared = rel[["mmoe", "omoe", "shared_bottom"]]
+    multi = equal[equal.model != "single_task"]
+    error = (multi.rel_std / np.sqrt(multi.seeds)).mean()
+    seeds = int(equal.seeds.max())
+    noise = ("not measured with one seed" if error != error else f"about {error:.3f}")
+    return (f"Where a claim does not hold here, weigh it against the size: {rows:,} rows and "
+            f"{seeds} seed(s) per correlation (the PLE paper: 1.4 million rows; MMoE "
+            f"Fig. 4 averages 200 runs). MMoE, OMoE and shared-bottom lie "
+            f"{compared.max() - compared.min():.3f} apart in relative MSE; the standard "
+            f"error of one model's relative MSE at one correlation is {noise}.")

@@ -21,7 +21,7 @@ import torch
 
 import mtlzoo
 from mtlzoo import _checks
-from mtlzoo.bench.claims import check_claims
+from mtlzoo.bench.claims import check_claims, why_not
 from mtlzoo.bench.figures import synthetic_figure
 from mtlzoo.bench.grid import run_grid
 from mtlzoo.bench.report import (
@@ -180,6 +180,8 @@ def run_suite(size: str = "demo", out: Path = RESULTS, progress: bool = True,
         "means over seeds."
     )
     after = ["## The papers' claims, checked", "", *[f"* {claim}" for claim in claims]]
+    if any("does NOT hold" in claim for claim in claims):
+        after += ["", why_not(summary, spec.rows)]
     if figure:
         after += ["", f"![test MSE by correlation]({figure.name})"]
     markdown = markdown_report(
