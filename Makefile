@@ -35,14 +35,17 @@ census-data: $(STAMP)
 RESULTS := benchmarks/results
 
 bench: census-data
+	$(PY) -m mtlzoo.cli bench quality --suite synthetic --size demo --check-budget 4 --out $(RESULTS)
 	$(PY) -m mtlzoo.cli bench quality --suite synthetic --size full --out $(RESULTS)
 	$(PY) -m mtlzoo.cli bench quality --suite census --size full --out $(RESULTS)
 	$(PY) -m mtlzoo.cli bench speed --out $(RESULTS)
 	$(PY) benchmarks/speed.py --out $(RESULTS)
 	$(PY) benchmarks/task_gradients.py --out $(RESULTS)
 
-# our MMoE and PLE against torch-rechub's and DeepCTR-Torch's (the [peers] extra; torch stays
-# the pinned build); writes benchmarks/results/bench_speed_peers_cpu.*, about 10 minutes here
+# ours beside torch-rechub's and DeepCTR-Torch's (the [peers] extra; torch stays the pinned
+# build): the train step of MMoE and PLE (bench_speed_peers_cpu.*, about 10 minutes here) and
+# MMoE, PLE and shared-bottom on Census-Income at demo size, one seed
+# (quality_census_demo_peers.*, about half an hour; --size full for 5 seeds)
 PEERS_STAMP := $(VENV)/.peers-installed
 
 $(PEERS_STAMP): $(STAMP) pyproject.toml
@@ -50,8 +53,9 @@ $(PEERS_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip check
 	touch $(PEERS_STAMP)
 
-bench-peers: $(PEERS_STAMP)
+bench-peers: $(PEERS_STAMP) census-data
 	$(PY) -m mtlzoo.cli bench speed --peers --out $(RESULTS)
+	$(PY) -m mtlzoo.cli bench quality --suite census --size demo --peers --out $(RESULTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -8,16 +8,20 @@ Writing results
     ``report``          the output folder convention (``RESULTS``), the one stamp (date,
                         torch, machine, threads, Python, command, grid points run and
                         resumed), Markdown tables and reports, ``write_result``
-    ``grid``            ``run_grid``: a resumable grid, one CSV row per point, its file checked
+    ``grid``            ``run_grid``: a resumable grid, one CSV row per point, its file
+                        checked; points run in worker processes when asked
 
 Quality: the architectures compared on the same data, beside the papers' numbers
     ``suite``           what both suites share: ``MODELS``, ``MODEL_OPTIONS``, the grid of
                         (model, weighting, setting) points, ``SuiteResult``
     ``synthetic``       MMoE Fig. 4 / PLE Fig. 7 on the synthetic tasks (sizes, data, run,
-                        summary); ``mtlzoo demo`` is its demo size
+                        summary); ``mtlzoo demo`` is its demo size; ``check_budget``, the
+                        learning-curve check of a size's budget
     ``claims``          the papers' claims on the synthetic tasks, checked from the numbers
     ``census``          MMoE Tables 1-2 / PLE Table 5 on Census-Income (the papers' figures,
-                        run, summary)
+                        run, summary); with ``peers``, the peers' models beside ours
+    ``peer_census``     the peers' MMoE, PLE and shared-bottom as mtlzoo models behind our
+                        encoder, trained and scored as ours (the ``[peers]`` extra)
     ``figures``         the matplotlib figure(s)
 
 Speed: ratios within one run, never timed tests
