@@ -309,3 +309,12 @@ def test_every_entry_point_defaults_to_one_results_folder():
     assert Path("results") == RESULTS
     for argv in (["demo"], ["bench", "speed"], ["bench", "quality", "--suite", "census"]):
         assert Path(cli._parser().parse_args(argv).out) == RESULTS
+
+
+def test_model_options_scale_every_hidden_width_and_nothing_else():
+    from mtlzoo.bench.suite import MODEL_OPTIONS, model_options
+
+    assert model_options("ple", 2) == {**MODEL_OPTIONS["ple"], "expert_dims": (32,)}
+    assert model_options("shared_bottom", 3) == {"bottom_dims": (339,)}
+    assert model_options("cross_stitch", 2) == {"column_dims": (112,)}
+    assert model_options("single_task") == MODEL_OPTIONS["single_task"]

@@ -30,6 +30,14 @@ MODEL_OPTIONS = {
             "expert_dims": (16,)},
     "cross_stitch": {"column_dims": (56,)},
 }
+WIDTHS = ("hidden_dims", "bottom_dims", "expert_dims", "column_dims")
+
+
+def model_options(model: str, scale: int = 1) -> dict:
+    """``MODEL_OPTIONS[model]`` with every hidden width (experts, bottom, columns, the
+    single-task networks) times ``scale``; the expert counts and towers stay."""
+    return {key: tuple(scale * width for width in value) if key in WIDTHS else value
+            for key, value in MODEL_OPTIONS[model].items()}
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from mtlzoo.bench.report import (
     stamp,
     write_result,
 )
-from mtlzoo.bench.suite import MODEL_OPTIONS, MODELS, SuiteResult, grid_points
+from mtlzoo.bench.suite import MODEL_OPTIONS, MODELS, SuiteResult, grid_points, model_options
 from mtlzoo.errors import MtlzooError
 
 __all__ = ["CORRELATIONS", "MODELS", "MODEL_OPTIONS", "SYNTHETIC_SIZES", "SyntheticSize",
@@ -45,8 +45,9 @@ class SyntheticSize:
 
     ``rows`` per correlation and seed, 80/10/10 train/validation/test; ``dim`` input
     features; ``standardize``: targets centred and scaled by the train split's mean and std
-    (a test MSE is then one relative to the target's variance). ``workers``: grid points
-    trained at once, each in its own one-thread process."""
+    (a test MSE is then one relative to the target's variance); ``width_scale`` multiplies
+    every hidden width of MMoE section 5.1's sizes (:func:`~mtlzoo.bench.suite.model_options`).
+    ``workers``: grid points trained at once, each in its own one-thread process."""
 
     rows: int
     epochs: int
@@ -58,6 +59,7 @@ class SyntheticSize:
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
+    width_scale: int = 1
     workers: int = 1
 
     def key(self) -> str:
@@ -65,7 +67,7 @@ class SyntheticSize:
         another size or budget are never taken for this one's."""
         return (f"rows={self.rows} dim={self.dim} standardize={self.standardize} "
                 f"epochs={self.epochs} batch={self.batch_size} {self.optimizer} lr={self.lr:g} "
-                f"wd={self.weight_decay:g} {self.lr_schedule}")
+                f"wd={self.weight_decay:g} {self.lr_schedule} widths x{self.width_scale}")
 
     def describe(self) -> str:
         """The data and budget in words, for a report."""
@@ -73,8 +75,13 @@ class SyntheticSize:
         schedule = ", cosine decay to 0" if self.lr_schedule == "cosine" else ""
         targets = ("targets standardised on the train split" if self.standardize
                    else "raw targets")
+        widths = ("MMoE section 5.1 sizes (8 experts of 16 units, towers of 8, a 113-unit "
+                  "shared bottom)" if self.width_scale == 1 else
+                  f"MMoE section 5.1 sizes with every hidden width x{self.width_scale} (8 "
+                  f"experts of {16 * self.width_scale} units, towers of 8, a "
+                  f"{113 * self.width_scale}-unit shared bottom)")
         return (f"{self.rows:,} rows per correlation and seed, d = {self.dim}, {targets}; "
-                f"{self.epochs} epochs of {self.optimizer} (lr {self.lr:g}{decay}"
+                f"{widths}; {self.epochs} epochs of {self.optimizer} (lr {self.lr:g}{decay}"
                 f"{schedule}), batch {self.batch_size}; {self.seeds} seed(s)")
 
 
@@ -116,7 +123,8 @@ def run_point(spec: SyntheticSize, point: dict) -> dict:
     data = _data(spec.rows, spec.dim, point["correlation"], point["seed"], spec.standardize)
     torch.manual_seed(point["seed"])
     model = mtlzoo.create_model(point["model"], in_features=spec.dim, tasks=TASKS,
-                                tower_dims=(8,), **MODEL_OPTIONS[point["model"]])
+                                tower_dims=(8,),
+                                **model_options(point["model"], spec.width_scale))
     trainer = mtlzoo.Trainer(model, weighting=point["weighting"], optimizer=spec.optimizer,
                              lr=spec.lr, weight_decay=spec.weight_decay,
                              lr_schedule=spec.lr_schedule, batch_size=spec.batch_size,
@@ -171,8 +179,7 @@ def run_suite(size: str = "demo", out: Path = RESULTS, progress: bool = True,
         f"MMoE generator with the PLE constants (c = 1, m = 10, alpha, beta ~ N(0, 1)); "
         f"{spec.describe()} (the PLE paper: 1.4 million rows, d = 512; scaled down for a "
         "2-core CPU). A fixed budget, so the validation split is held out unused; each seed "
-        "draws the data and the initial weights; MMoE section 5.1 sizes (8 experts of 16 "
-        "units, towers of 8, a 113-unit shared bottom). The seeds differ widely in "
+        "draws the data and the initial weights. The seeds differ widely in "
         "difficulty, so models are compared on each seed: `y1_rel`, `y2_rel`: test MSE over "
         "single-task's on the same data and seed, geometric mean over seeds (below 1: "
         "sharing helps); `rel`: of both tasks; `rel_std`: its spread over seeds; `gain_*` = "
