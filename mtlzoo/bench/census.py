@@ -140,7 +140,9 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
         "and scored by our evaluation (`mtlzoo.bench.peer_census`: the peers' probabilities "
         "become logits for our loss). `main_best`/`main_mean`: the main task's test AUC, "
         "best and mean over seeds; `vs_ours`: a peer's mean minus ours, same group and "
-        "family; `note`: why a peer could not run a configuration."
+        "family; `train_s`: a run's wall seconds as it happened (runs made at other times, "
+        "under other loads: not a speed comparison, which `mtlzoo bench speed --peers` "
+        "makes); `note`: why a peer could not run a configuration."
     )
     markdown = markdown_report(
         f"Census-Income: ours beside the peers ({size})",
