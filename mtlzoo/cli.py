@@ -280,9 +280,9 @@ def _demo(args: argparse.Namespace, command: str) -> int:
         print(claims.why_not(result.summary, size.rows))
     figure = f"  figure: {result.figure}" if result.figure else ""
     print(f"\nFull tables: {result.report}{figure}")
-    print("The demo's budget trains every model to within 10% of its test MSE at 4x the "
-          "steps (mtlzoo bench quality --suite synthetic --size demo --check-budget 4); "
-          "the full suites (make bench) and what they measured: docs/results.md")
+    print("How far each model is from trained out at the demo's budget (its test MSE at 4x "
+          "the steps): mtlzoo bench quality --suite synthetic --size demo --check-budget 4. "
+          "The full suites (make bench) and what they measured: docs/results.md")
     print(speed.headline())
     return 0
 
