@@ -85,9 +85,10 @@ class SyntheticSize:
                 f"{schedule}), batch {self.batch_size}; {self.seeds} seed(s)")
 
 
-# demo: MMoE section 5.1's input width (d = 100) and sizes, a budget that trains every
-# model to within 10% of its test MSE at 4x the steps (docs/results.md), in 2 processes;
-# full: the PLE paper's d = 512 at a size our 2-core CPU runs in hours
+# demo: MMoE section 5.1's input width (d = 100) and sizes, AdamW with weight decay and
+# cosine decay, 8 points trained 2 at a time (about 2.5 minutes on 2 cores); how near to
+# trained out it gets: check_budget, docs/results.md. full: the PLE paper's d = 512 at a
+# size our 2-core CPU runs in hours.
 SYNTHETIC_SIZES = {
     "demo": SyntheticSize(rows=10_000, epochs=32, seeds=2, dim=100, standardize=True,
                           optimizer="adamw", lr=3e-3, weight_decay=0.3,
