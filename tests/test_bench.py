@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +185,41 @@ def test_grid_workers_run_points_in_one_thread_processes(tmp_path):
     assert len(pd.read_csv(path)) == 4  # the rows done are kept
     with pytest.raises(mtlzoo.MtlzooError, match="workers"):
         run_grid(points, tenfold, path, progress=False, workers=0)
+
+
+def pid_then_sleep(point: dict) -> dict:
+    """A grid point's run that says which process runs it, then outlasts the test."""
+    Path(point["folder"], f"{os.getpid()}.pid").write_text("")
+    time.sleep(60)
+    return {"score": 0}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\tZ" not in status.split("State:")[1].splitlines()[0]  # a zombie has ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_grid_workers_end_when_the_grid_process_is_killed(tmp_path):
+    code = ("import sys; from mtlzoo.bench.grid import run_grid; "
+            "from tests.test_bench import pid_then_sleep; "
+            "run_grid([{'seed': s, 'folder': sys.argv[1]} for s in range(2)], pid_then_sleep, "
+            "sys.argv[1] + '/runs.csv', progress=False, workers=2)")
+    grid = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(path.stem) for path in tmp_path.glob("*.pid")]
+    assert len(workers) == 2 and all(map(_alive, workers))
+    grid.kill()  # SIGKILL: no chance to shut its pool down
+    grid.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, workers))
 
 
 def test_budget_check_compares_each_model_at_the_budget_and_longer(tmp_path, monkeypatch):

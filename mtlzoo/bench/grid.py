@@ -6,6 +6,9 @@ import csv
 import io
 import multiprocessing
 import numbers
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -99,7 +102,7 @@ def _results(run: Callable[[dict], dict], points: Sequence[dict], workers: int, 
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(points)), mp_context=context,
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                             initializer=_start_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run, point): point for point in points}
         try:
             for future in as_completed(futures):
@@ -109,6 +112,19 @@ def _results(run: Callable[[dict], dict], points: Sequence[dict], workers: int, 
         finally:
             for future in futures:
                 future.cancel()
+
+
+def _start_worker(parent: int) -> None:
+    """A worker's set-up: one torch thread, and an end of its own when the grid's process
+    is gone (killed, not interrupted), instead of waiting on for work forever."""
+    torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 AFRESH = "move the file away to start the grid afresh"
