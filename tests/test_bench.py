@@ -234,6 +234,8 @@ def test_budget_check_compares_each_model_at_the_budget_and_longer(tmp_path, mon
     assert list(table.model) == list(synthetic.MODELS)
     assert table.ratio.tolist() == pytest.approx((table.budget / table.x2).tolist())
     assert table.within.tolist() == [abs(r - 1) <= 0.1 for r in table.ratio]
+    single = table[table.model == "single_task"].iloc[0]
+    assert single.rel_budget == pytest.approx(1) and single.rel_x2 == pytest.approx(1)
     runs = pd.read_csv(tmp_path / "quality_synthetic_demo_x2_runs.csv")
     assert len(runs) == len(synthetic.MODELS)
     report = result.report.read_text()
