@@ -265,7 +265,7 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     size = synthetic.SYNTHETIC_SIZES["demo"]
     print(f"Training {len(synthetic.MODELS)} architectures on the synthetic tasks at "
           f"{len(synthetic.CORRELATIONS)} task correlations x {size.seeds} seeds: "
-          f"{size.describe()}; {size.workers} at a time. Progress below.", file=sys.stderr,
+          f"{size.describe()}. Progress below.", file=sys.stderr,
           flush=True)
     result = synthetic.run_suite("demo", out=Path(args.out), progress=not args.quiet,
                                  command=command)

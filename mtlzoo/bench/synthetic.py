@@ -82,7 +82,9 @@ class SyntheticSize:
                   f"{113 * self.width_scale}-unit shared bottom)")
         return (f"{self.rows:,} rows per correlation and seed, d = {self.dim}, {targets}; "
                 f"{widths}; {self.epochs} epochs of {self.optimizer} (lr {self.lr:g}{decay}"
-                f"{schedule}), batch {self.batch_size}; {self.seeds} seed(s)")
+                f"{schedule}), batch {self.batch_size}; {self.seeds} seed(s)"
+                + (f"; {self.workers} runs at a time, one thread each" if self.workers > 1
+                   else ""))
 
 
 # demo: MMoE section 5.1's input width (d = 100) and sizes, AdamW with weight decay and
