@@ -277,7 +277,7 @@ def _demo(args: argparse.Namespace, command: str) -> int:
     print("\nThe papers' claims, checked:")
     print("\n".join(f"* {claim}" for claim in result.claims))
     if any("does NOT hold" in claim for claim in result.claims):
-        print(claims.why_not(result.summary, size.rows))
+        print(claims.why_not(result.summary, size.rows, size.dim))
     figure = f"  figure: {result.figure}" if result.figure else ""
     print(f"\nFull tables: {result.report}{figure}")
     print("How far each model is from trained out at the demo's budget (its test MSE at 4x "

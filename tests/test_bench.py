@@ -92,8 +92,8 @@ def test_synthetic_claims_follow_the_numbers():
     rel = summary.groupby("model").rel.apply(lambda r: np.exp(np.log(r).mean()))
     spread = rel[["mmoe", "omoe", "shared_bottom"]]
     multi = summary[summary.model != "single_task"]
-    note = why_not(summary, rows=1234)
-    assert "1,234 rows and 2 seed(s)" in note
+    note = why_not(summary, rows=1234, dim=56)
+    assert "1,234 rows of 56 features and 2 seed(s)" in note
     assert f"{spread.max() - spread.min():.3f} apart" in note
     assert f"about {(multi.rel_std / np.sqrt(2)).mean():.3f}" in note
 

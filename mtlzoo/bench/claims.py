@@ -77,7 +77,7 @@ def _one_weighting(summary: pd.DataFrame) -> list[str]:
     return claims
 
 
-def why_not(summary: pd.DataFrame, rows: int) -> str:
+def why_not(summary: pd.DataFrame, rows: int, dim: int) -> str:
     """Why a claim may not hold at this size, in numbers: how far apart the models the
     claims compare are (MMoE, OMoE, shared-bottom: their relative MSE, geometric mean over
     correlations) against the standard error of one model's relative MSE at one
@@ -90,8 +90,8 @@ def why_not(summary: pd.DataFrame, rows: int) -> str:
     error = (multi.rel_std / np.sqrt(multi.seeds)).mean()
     seeds = int(equal.seeds.max())
     noise = ("not measured with one seed" if error != error else f"about {error:.3f}")
-    return (f"Where a claim does not hold here, weigh it against the size: {rows:,} rows and "
-            f"{seeds} seed(s) per correlation (the PLE paper: 1.4 million rows; MMoE "
-            f"Fig. 4 averages 200 runs). MMoE, OMoE and shared-bottom lie "
+    return (f"Where a claim does not hold here, weigh it against the size: {rows:,} rows of "
+            f"{dim} features and {seeds} seed(s) per correlation (the PLE paper: 1.4 million "
+            f"rows; MMoE Fig. 4 averages 200 runs). MMoE, OMoE and shared-bottom lie "
             f"{compared.max() - compared.min():.3f} apart in relative MSE; the standard "
             f"error of one model's relative MSE at one correlation is {noise}.")
