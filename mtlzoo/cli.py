@@ -25,6 +25,7 @@ option; 130 for Ctrl-C). ``--debug``, given before the command (``mtlzoo --debug
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import shlex
 import sys
@@ -72,10 +73,16 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one architecture and print its metrics")
     train.add_argument("--model", choices=mtlzoo.list_models())
-    train.add_argument("--data", default="synthetic", choices=DATA)
+    train.add_argument("--data", choices=DATA, help="default synthetic")
     train.add_argument("--recipe", choices=RECIPES, help="a published set-up, end to end")
     train.add_argument("--data-dir", help="the recipe's local files (imdb/ and ag_news/)")
     train.add_argument("--cache-dir", help="the datasets cache for the recipe's data")
+    train.add_argument("--max-vocab", type=_positive_int, help="recipe: words kept")
+    train.add_argument("--max-length", type=_positive_int, help="recipe: tokens kept a text")
+    train.add_argument("--embedding-dim", type=_positive_int, help="recipe: word vectors' width")
+    train.add_argument("--hidden-size", type=_positive_int, help="recipe: the BiLSTM's width")
+    train.add_argument("--pooling", choices=("lstm", "mean", "max"),
+                       help="recipe: how the encoder pools the sequence")
     train.add_argument("--weighting", default="equal", choices=mtlzoo.list_weightings())
     train.add_argument(
         "--checkpoint", help="save here after every epoch; resume from it when it exists"
@@ -149,6 +156,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
         return _demo(args, command)
     if args.command == "bench":
         return _bench(args, command)
+    _check_train_options(parser, args)
     if args.recipe:
         return _recipe(args)
     if not args.model:
@@ -157,16 +165,44 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
 
 
 def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
-    parser.add_argument("--epochs", type=_positive_int, default=epochs,
-                        help="in all, counting those of a resumed --checkpoint")
-    parser.add_argument("--rows", type=_positive_int, default=10_000,
-                        help="generated rows in all")
-    parser.add_argument("--correlation", type=_probability, default=0.5,
-                        help="of the two tasks, in [0, 1]")
-    parser.add_argument("--batch-size", type=_positive_int, default=128)
-    parser.add_argument("--lr", type=_positive_float, default=1e-3)
-    parser.add_argument("--seed", type=_non_negative_int, default=0)
+    parser.add_argument("--epochs", type=_positive_int,
+                        help=f"in all, counting those of a resumed --checkpoint (default "
+                             f"{epochs}; a recipe's own default with --recipe)")
+    parser.add_argument("--rows", type=_positive_int, help="generated rows in all (10000)")
+    parser.add_argument("--correlation", type=_probability,
+                        help="of the two tasks, in [0, 1] (0.5)")
+    parser.add_argument("--batch-size", type=_positive_int,
+                        help="default 128; a recipe's own default with --recipe")
+    parser.add_argument("--lr", type=_positive_float, help="default 1e-3, or the recipe's")
+    parser.add_argument("--seed", type=_non_negative_int, help="default 0, or the recipe's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# the options only one kind of train run reads: the other refuses them, rather than
+# accepting and ignoring them; synthetic runs take their defaults from here, a recipe from
+# its function's signature (mtlzoo.recipes), the one source for the CLI, the API and docs
+SYNTHETIC_OPTIONS = {"model": None, "data": "synthetic", "checkpoint": None, "force": False,
+                     "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
+                     "lr": 1e-3, "seed": 0}
+RECIPE_OPTIONS = ("data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
+                  "hidden_size", "pooling")
+SHARED_OPTIONS = ("epochs", "batch_size", "lr", "seed")
+
+
+def _check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse the options this kind of run does not read; fill in the synthetic defaults."""
+    if args.recipe:
+        unused = [name for name in SYNTHETIC_OPTIONS if name not in SHARED_OPTIONS
+                  and getattr(args, name) not in (None, False)]
+    else:
+        unused = [name for name in RECIPE_OPTIONS if getattr(args, name) is not None]
+        for name, default in SYNTHETIC_OPTIONS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+    if unused:
+        kind = f"--recipe {args.recipe}" if args.recipe else "a synthetic run (no --recipe)"
+        listed = ", ".join("--" + name.replace("_", "-") for name in unused)
+        parser.error(f"{kind} does not use {listed}")
 
 
 def _checked(convert, accept, what: str):
@@ -340,14 +376,18 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 def _recipe(args: argparse.Namespace) -> int:
     from mtlzoo.recipes import imdb_agnews
 
+    defaults = {name: parameter.default
+                for name, parameter in inspect.signature(imdb_agnews).parameters.items()}
+    given = {name: getattr(args, name) for name in (*SHARED_OPTIONS, *RECIPE_OPTIONS[2:])
+             if getattr(args, name) is not None}
+    options = {**{name: defaults[name] for name in given.keys() | set(SHARED_OPTIONS)},
+               **given}
     where = args.data_dir or "the Hugging Face hub"
     print(f"IMDb sentiment + AG News topic over one Embedding + BiLSTM, data from {where}; "
-          f"{args.epochs} epochs, batch {args.batch_size}.", file=sys.stderr)
-    _, table = imdb_agnews(
-        args.data_dir, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weighting=args.weighting, seed=args.seed, cache_dir=args.cache_dir,
-        progress=not args.quiet,
-    )
+          + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in options.items())
+          + ".", file=sys.stderr)
+    _, table = imdb_agnews(args.data_dir, weighting=args.weighting, cache_dir=args.cache_dir,
+                           progress=not args.quiet, **options)
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\nsentiment accuracy {table.loc['sentiment', 'accuracy']:.4f}, "
           f"topic accuracy {table.loc['topic', 'accuracy']:.4f}")

@@ -255,3 +255,43 @@ def test_sigint_ends_a_run_with_one_line_and_exit_130():
         process.kill()
     assert process.returncode == 130
     assert err == "mtlzoo: interrupted\n"
+
+
+# --- options a train run does not read are refused, not ignored (issue 12) ----------------
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["train", "--recipe", "imdb-agnews", "--model", "mmoe"], "--model"),
+    (["train", "--recipe", "imdb-agnews", "--checkpoint", "x.pt", "--rows", "5"],
+     "--checkpoint, --rows"),
+    (["train", "--recipe", "imdb-agnews", "--correlation", "0.3", "--force"],
+     "--force, --correlation"),
+    (["train", "--model", "mmoe", "--max-length", "32"], "--max-length"),
+    (["train", "--model", "mmoe", "--data-dir", "d", "--pooling", "mean"],
+     "--data-dir, --pooling"),
+])
+def test_options_a_train_run_does_not_read_are_errors(argv, named, capsys):
+    from mtlzoo import cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    assert f"does not use {named}" in capsys.readouterr().err
+
+
+def test_the_recipe_takes_its_defaults_from_the_recipe_function(tmp_path, capsys):
+    import inspect
+
+    from mtlzoo import cli
+    from mtlzoo.recipes import imdb_agnews
+
+    defaults = inspect.signature(imdb_agnews).parameters
+    assert cli.main(["train", "--recipe", "imdb-agnews", "--data-dir", str(tmp_path / "nope"),
+                     "--quiet"]) == 1
+    err = capsys.readouterr().err
+    for name in ("epochs", "batch_size", "lr", "seed"):
+        assert f"{name.replace('_', ' ')} {defaults[name].default}" in err
+    assert cli.main(["train", "--recipe", "imdb-agnews", "--data-dir", str(tmp_path / "nope"),
+                     "--epochs", "5", "--max-length", "32", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "epochs 5" in err and "max length 32" in err
