@@ -33,6 +33,7 @@ from pathlib import Path
 
 import mtlzoo
 from mtlzoo.bench.report import RESULTS
+from mtlzoo.encoders.text import POOLINGS
 
 DATA = ("synthetic",)
 RECIPES = ("imdb-agnews",)
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--max-length", type=_positive_int, help="recipe: tokens kept a text")
     train.add_argument("--embedding-dim", type=_positive_int, help="recipe: word vectors' width")
     train.add_argument("--hidden-size", type=_positive_int, help="recipe: the BiLSTM's width")
-    train.add_argument("--pooling", choices=("lstm", "mean", "max"),
+    train.add_argument("--pooling", choices=POOLINGS,
                        help="recipe: how the encoder pools the sequence")
     train.add_argument("--weighting", default="equal", choices=mtlzoo.list_weightings())
     train.add_argument(
