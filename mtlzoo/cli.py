@@ -34,6 +34,7 @@ from pathlib import Path
 import mtlzoo
 from mtlzoo.bench.report import RESULTS
 from mtlzoo.encoders.text import POOLINGS
+from mtlzoo.errors import DataLoadError
 
 DATA = ("synthetic",)
 RECIPES = ("imdb-agnews",)
@@ -381,14 +382,22 @@ def _recipe(args: argparse.Namespace) -> int:
                 for name, parameter in inspect.signature(imdb_agnews).parameters.items()}
     given = {name: getattr(args, name) for name in (*SHARED_OPTIONS, *RECIPE_OPTIONS[2:])
              if getattr(args, name) is not None}
-    options = {**{name: defaults[name] for name in given.keys() | set(SHARED_OPTIONS)},
-               **given}
+    options = {name: given.get(name, defaults[name])
+               for name in (*SHARED_OPTIONS, *RECIPE_OPTIONS[2:])
+               if name in given or name in SHARED_OPTIONS}
     where = args.data_dir or "the Hugging Face hub"
     print(f"IMDb sentiment + AG News topic over one Embedding + BiLSTM, data from {where}; "
           + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in options.items())
           + ".", file=sys.stderr)
-    _, table = imdb_agnews(args.data_dir, weighting=args.weighting, cache_dir=args.cache_dir,
-                           progress=not args.quiet, **options)
+    try:
+        _, table = imdb_agnews(args.data_dir, weighting=args.weighting,
+                               cache_dir=args.cache_dir, progress=not args.quiet, **options)
+    except DataLoadError as error:
+        raise mtlzoo.MtlzooError(
+            f"{error.problem}. Give the data with --data-dir DIR, where DIR/imdb/ and "
+            "DIR/ag_news/ each hold a train and a test file (.parquet or .csv; validation "
+            "optional) with a 'text' column and an integer 'label' column"
+        ) from error
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\nsentiment accuracy {table.loc['sentiment', 'accuracy']:.4f}, "
           f"topic accuracy {table.loc['topic', 'accuracy']:.4f}")

@@ -295,3 +295,24 @@ def test_the_recipe_takes_its_defaults_from_the_recipe_function(tmp_path, capsys
                      "--epochs", "5", "--max-length", "32", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "epochs 5" in err and "max length 32" in err
+
+
+def test_recipe_data_errors_speak_the_command_line(tmp_path, monkeypatch, capsys):
+    """Offline without --data-dir, or with a wrong one: one line in CLI terms (--data-dir
+    DIR with imdb/ and ag_news/), not the Python API's data_dir=/data_files= hint."""
+    import datasets
+
+    from mtlzoo import cli
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'stanfordnlp/imdb' on the Hub (offline)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    for extra in ([], ["--data-dir", str(tmp_path / "nope")]):
+        assert cli.main(["train", "--recipe", "imdb-agnews", "--quiet", *extra]) == 1
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith("mtlzoo: error: ")
+        assert "--data-dir DIR, where DIR/imdb/ and DIR/ag_news/" in err
+        assert "data_files=" not in err and "Traceback" not in err
+    with pytest.raises(mtlzoo.MtlzooError, match="data_files="):  # the API keeps its terms
+        mtlzoo.data.text.text_classification("imdb")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mtlzoo import _checks
-from mtlzoo.errors import MtlzooError, suggest
+from mtlzoo.errors import DataLoadError, MtlzooError, suggest
 from mtlzoo.tokenizer import WordTokenizer, pad_batch
 
 NUM_CLASSES: dict[str, int] = {"imdb": 2, "ag_news": 4}
@@ -186,18 +186,18 @@ def _load_hub(canonical: str, cache: str | None, text_column: str, label_column:
     try:
         return datasets.load_dataset(hub_id, cache_dir=cache)
     except OSError as error:  # ConnectionError (offline, unreachable), not found, ...
-        raise MtlzooError(
+        raise DataLoadError(
             f"could not load {hub_id!r} from the Hugging Face hub "
-            f"({type(error).__name__}: {error}). Without a network (or with HF_HUB_OFFLINE "
-            "set), download the data elsewhere and "
-            + _layout_hint(canonical, text_column, label_column)
+            f"({type(error).__name__}: {error})",
+            "Without a network (or with HF_HUB_OFFLINE set), download the data elsewhere and "
+            + _layout_hint(canonical, text_column, label_column),
         ) from error
 
 
 def _files_in_dir(data_dir) -> dict[str, list[str]]:
     folder = Path(data_dir)
     if not folder.is_dir():
-        raise MtlzooError(f"data_dir {os.fspath(data_dir)!r} is not a folder")
+        raise DataLoadError(f"data_dir {os.fspath(data_dir)!r} is not a folder")
     files: dict[str, list[str]] = {}
     for split in _DIR_SPLITS:
         found = {}
