@@ -253,7 +253,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         trainer.fit(data["train"], eval=data["validation"], epochs=args.epochs,
                     checkpoint=args.checkpoint)
-    print(trainer.evaluate(data["test"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(_metrics_table(trainer.evaluate(data["test"])))
     return 0
 
 
@@ -286,6 +286,12 @@ def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer
     print(f"Resuming from {args.checkpoint}: epoch {trainer.epoch}, step {trainer.step}.",
           file=sys.stderr)
     return trainer
+
+
+def _metrics_table(table) -> str:
+    """Per-task metrics as a table, a metric that does not apply to a task's kind (AUC of a
+    multiclass task, macro-F1 of a binary one) left blank rather than shown as NaN."""
+    return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="")
 
 
 def _weightings(text: str) -> tuple[str, ...]:
@@ -398,7 +404,7 @@ def _recipe(args: argparse.Namespace) -> int:
             "DIR/ag_news/ each hold a train and a test file (.parquet or .csv; validation "
             "optional) with a 'text' column and an integer 'label' column"
         ) from error
-    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(_metrics_table(table))
     print(f"\nsentiment accuracy {table.loc['sentiment', 'accuracy']:.4f}, "
           f"topic accuracy {table.loc['topic', 'accuracy']:.4f}")
     return 0
