@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
+import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 
 import torch
@@ -201,7 +203,9 @@ class Trainer:
                           "epochs done)", UserWarning, stacklevel=2)
         planned = limit * schedule.steps_per_epoch() if by_epochs else limit
         try:
-            for event in self._run(schedule, eval, stop_reason, bool(early_stopping), planned):
+            goal = ("epochs" if by_epochs else "steps", limit)
+            for event in self._run(schedule, eval, stop_reason, bool(early_stopping), planned,
+                                   goal):
                 every = checkpoint_every and self.state.step % checkpoint_every == 0
                 if checkpoint is not None and (event != "step" or every):
                     self.save(checkpoint)
@@ -218,16 +222,20 @@ class Trainer:
         return self.history
 
     def _run(self, schedule, eval, stop_reason: Callable[[], str | None], early: bool,
-             planned: int) -> Iterator[str]:
+             planned: int, goal: tuple[str, int] | None = None) -> Iterator[str]:
         """Train until ``stop_reason()``; yields ``"step"`` after every step, ``"epoch"``
         after every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint).
-        ``planned``: the steps the run expects in all, over which the lr schedule runs."""
+        ``planned``: the steps the run expects in all, over which the lr schedule runs;
+        ``goal``: ``("epochs" or "steps", limit)``, for the epoch lines (``_report``)."""
         state = self.state
+        progress = self.options.progress
+        run_start, run_first_step = time.perf_counter(), state.step
         factor = (None if self.options.lr_schedule == "constant"  # the optimizer's lr untouched
                   else LR_SCHEDULES[self.options.lr_schedule])
         while not stop_reason():
             state.data = self._signature(schedule)
             bar = self._bar(schedule.steps_per_epoch())
+            epoch_start, rows = time.perf_counter(), 0
             for (batches, position), last in _with_last(
                 schedule.epoch(state.epoch, state.position)
             ):
@@ -236,6 +244,8 @@ class Trainer:
                                            strict=True):
                         group["lr"] = base * factor(state.step, planned)
                 self._record(self._step(batches, state.step + 1))
+                if progress:
+                    rows += self._rows(batches)
                 state.step += 1
                 state.position = position
                 bar.update()
@@ -248,7 +258,12 @@ class Trainer:
                     return
                 yield "step"
             bar.close()
+            trained = time.perf_counter() - epoch_start
             self._end_epoch(eval, early)
+            if progress:
+                self._report(schedule, goal, rows / trained if trained > 0 else float("inf"),
+                             early, (time.perf_counter() - run_start)
+                             / max(state.step - run_first_step, 1))
             yield "epoch"
 
     def _record(self, result: dict[str, tuple[float, float]]) -> None:
@@ -502,6 +517,56 @@ class Trainer:
             leave=False, dynamic_ncols=True,
         )
 
+    def _rows(self, batches: dict) -> int:
+        """The rows of one step's batches: the first dimension of each batch's input column
+        (shape metadata only: no host sync)."""
+        key = self.options.input_key
+        key = key if isinstance(key, str) else key[0]
+        rows = 0
+        for batch in batches.values():
+            value = batch.get(key)
+            if value is None:
+                value = next((v for v in batch.values() if hasattr(v, "shape")), None)
+            shape = getattr(value, "shape", None)
+            if shape is not None and len(shape):
+                rows += int(shape[0])
+            elif isinstance(value, Sized):
+                rows += len(value)
+        return rows
+
+    def _report(self, schedule, goal: tuple[str, int] | None, rate: float, early: bool,
+                per_step: float) -> None:
+        """Write the epoch's line to stderr (see docs/training.md, "Progress"):
+        ``epoch 2/5 steps 16 loss a=0.4321 b=1.02 eval a/loss=0.45 b/loss=1.1 rows/s 812
+        left 0:00:07``; ``per_step``: the wall seconds per step of this fit so far."""
+        from tqdm import tqdm
+
+        state, row = self.state, self.state.history[-1]
+        before = self.state.history[-2]["step"] if len(self.state.history) > 1 else 0
+        kind, limit = goal or ("epochs", None)
+        if kind == "epochs":
+            head = f"epoch {row['epoch']}/{limit if limit is not None else '?'}"
+            left_steps = (0 if limit is None
+                          else max(limit - state.epoch, 0) * schedule.steps_per_epoch())
+        else:
+            head = f"epoch {row['epoch']} (step {state.step}/{limit})"
+            left_steps = max(limit - state.step, 0)
+        parts = [head, f"steps {row['step'] - before}"]
+        losses = [f"{name}={row[f'{name}/train_loss']:.4g}" for name in self.tasks
+                  if f"{name}/train_loss" in row]
+        parts.append("loss " + (" ".join(losses) or "-"))
+        shown = [f"{name}/loss" for name in self.tasks]
+        if early and state.stopping is not None and state.stopping.column not in shown:
+            shown.append(state.stopping.column)
+        metrics = [f"{column}={row[column]:.4g}" for column in shown
+                   if isinstance(row.get(column), (int, float))]
+        if metrics:
+            parts.append("eval " + " ".join(metrics))
+        parts.append(f"rows/s {_rate(rate)}")
+        parts.append(f"left {_clock(per_step * left_steps)}")
+        tqdm.write(" ".join(parts), file=sys.stderr)
+        sys.stderr.flush()
+
     def _running_losses(self) -> str:
         if not self.options.progress:
             return ""
@@ -520,6 +585,20 @@ def _with_last(items: Iterator) -> Iterator[tuple[object, bool]]:
 
 
 _END = object()
+
+
+def _rate(rate: float) -> str:
+    """Rows per second: a whole number from 100 on, 3 significant digits below."""
+    if rate != rate or rate == float("inf"):
+        return "inf" if rate == float("inf") else "nan"
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
+def _clock(seconds: float) -> str:
+    """``H:MM:SS``, rounded to the second."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _is_per_task(data) -> bool:
