@@ -395,6 +395,9 @@ def _recipe(args: argparse.Namespace) -> int:
     print(f"IMDb sentiment + AG News topic over one Embedding + BiLSTM, data from {where}; "
           + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in options.items())
           + ".", file=sys.stderr)
+    import datasets
+
+    datasets.disable_progress_bars()  # the trainer's epoch lines report progress instead
     try:
         _, table = imdb_agnews(args.data_dir, weighting=args.weighting,
                                cache_dir=args.cache_dir, progress=not args.quiet, **options)
