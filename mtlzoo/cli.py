@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden-size", type=_positive_int, help="recipe: the BiLSTM's width")
     train.add_argument("--pooling", choices=POOLINGS,
                        help="recipe: how the encoder pools the sequence")
+    train.add_argument(
+        "--compare-single-task", action="store_true", default=None,
+        help="recipe: train it and its single-task baseline (the same layers, nothing "
+             "shared) on --seeds seeds; a table of each task's accuracy, mean and spread",
+    )
+    train.add_argument("--seeds", type=_positive_int,
+                       help="recipe, with --compare-single-task: how many seeds (default 3), "
+                            "from --seed on")
     train.add_argument("--weighting", default="equal", choices=mtlzoo.list_weightings())
     train.add_argument(
         "--checkpoint", help="save here after every epoch; resume from it when it exists"
@@ -187,7 +195,8 @@ SYNTHETIC_OPTIONS = {"model": None, "data": "synthetic", "checkpoint": None, "fo
                      "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
                      "lr": 1e-3, "seed": 0}
 RECIPE_OPTIONS = ("data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
-                  "hidden_size", "pooling")
+                  "hidden_size", "pooling", "compare_single_task", "seeds")
+RECIPE_SIZES = ("max_vocab", "max_length", "embedding_dim", "hidden_size", "pooling")
 SHARED_OPTIONS = ("epochs", "batch_size", "lr", "seed")
 
 
@@ -288,6 +297,35 @@ def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer
     return trainer
 
 
+def _compare_single_task(run, first_seed: int, seeds: int) -> str:
+    """The recipe (multi-task) and its single-task baseline on each seed; per task, the
+    test accuracy's mean and standard deviation over the seeds, and multi minus single."""
+    import pandas as pd
+
+    from mtlzoo.recipes import ARCHITECTURES
+
+    rows = []
+    for seed in range(first_seed, first_seed + seeds):
+        for architecture in ARCHITECTURES:
+            table = run(seed=seed, architecture=architecture)
+            rows += [{"task": task, "architecture": architecture, "seed": seed,
+                      "accuracy": accuracy} for task, accuracy in table.accuracy.items()]
+    runs = pd.DataFrame(rows)
+    grouped = runs.groupby(["task", "architecture"], sort=False).accuracy
+    summary = pd.DataFrame({
+        "multi_task": grouped.mean().xs("shared_bottom", level="architecture"),
+        "multi_std": grouped.std().xs("shared_bottom", level="architecture"),
+        "single_task": grouped.mean().xs("single_task", level="architecture"),
+        "single_std": grouped.std().xs("single_task", level="architecture"),
+    })
+    summary["difference"] = summary.multi_task - summary.single_task
+    return (f"Test accuracy over {seeds} seed(s) ({first_seed}..{first_seed + seeds - 1}): "
+            "multi-task (one shared Embedding + BiLSTM and hidden layer, each task's batches "
+            "training it and its own head) against single-task (the same layers, each task "
+            "its own copy: nothing shared); std over seeds (blank with one seed); difference "
+            "= multi - single.\n\n" + _metrics_table(summary))
+
+
 def _metrics_table(table) -> str:
     """Per-task metrics as a table, a metric that does not apply to a task's kind (AUC of a
     multiclass task, macro-F1 of a binary one) left blank rather than shown as NaN."""
@@ -386,11 +424,13 @@ def _recipe(args: argparse.Namespace) -> int:
 
     defaults = {name: parameter.default
                 for name, parameter in inspect.signature(imdb_agnews).parameters.items()}
-    given = {name: getattr(args, name) for name in (*SHARED_OPTIONS, *RECIPE_OPTIONS[2:])
+    given = {name: getattr(args, name) for name in (*SHARED_OPTIONS, *RECIPE_SIZES)
              if getattr(args, name) is not None}
     options = {name: given.get(name, defaults[name])
-               for name in (*SHARED_OPTIONS, *RECIPE_OPTIONS[2:])
+               for name in (*SHARED_OPTIONS, *RECIPE_SIZES)
                if name in given or name in SHARED_OPTIONS}
+    if args.seeds is not None and not args.compare_single_task:
+        raise mtlzoo.MtlzooError("--seeds is for --compare-single-task (one run takes --seed)")
     where = args.data_dir or "the Hugging Face hub"
     print(f"IMDb sentiment + AG News topic over one Embedding + BiLSTM, data from {where}; "
           + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in options.items())
@@ -398,9 +438,15 @@ def _recipe(args: argparse.Namespace) -> int:
     import datasets
 
     datasets.disable_progress_bars()  # the trainer's epoch lines report progress instead
+    def run(**changes):
+        return imdb_agnews(args.data_dir, weighting=args.weighting, cache_dir=args.cache_dir,
+                           progress=not args.quiet, **{**options, **changes})[1]
+
     try:
-        _, table = imdb_agnews(args.data_dir, weighting=args.weighting,
-                               cache_dir=args.cache_dir, progress=not args.quiet, **options)
+        if args.compare_single_task:
+            print(_compare_single_task(run, options["seed"], args.seeds or 3))
+            return 0
+        table = run()
     except DataLoadError as error:
         raise mtlzoo.MtlzooError(
             f"{error.problem}. Give the data with --data-dir DIR, where DIR/imdb/ and "

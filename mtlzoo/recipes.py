@@ -16,8 +16,12 @@ import torch
 
 from mtlzoo._registry import create_model
 from mtlzoo.encoders import TextEncoder
+from mtlzoo.errors import MtlzooError
 from mtlzoo.tasks import Task
 from mtlzoo.train import Trainer
+
+# the recipe's multi-task model, and the single-task baseline of the same layers
+ARCHITECTURES = ("shared_bottom", "single_task")
 
 
 def imdb_agnews(
@@ -30,6 +34,7 @@ def imdb_agnews(
     embedding_dim: int = 128,
     hidden_size: int = 128,
     pooling: str = "lstm",
+    architecture: str = "shared_bottom",
     weighting: str = "equal",
     lr: float = 1e-3,
     seed: int = 0,
@@ -43,7 +48,11 @@ def imdb_agnews(
     ``mtlzoo.data.text.text_classification``); without it both come from the Hugging Face
     hub. One ``WordTokenizer`` is fitted on both training sets (``max_vocab`` words, texts
     cut to ``max_length`` tokens) and saved in the model's state dict with the encoder.
+    ``architecture="single_task"`` is the baseline: the same layers, but each task with its
+    own copy of the encoder and its own hidden layer, so nothing is shared.
     """
+    if architecture not in ARCHITECTURES:
+        raise MtlzooError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     from mtlzoo.data.text import num_classes, text_classification, tokenize_dataset
     from mtlzoo.tokenizer import WordTokenizer
 
@@ -61,8 +70,9 @@ def imdb_agnews(
     tasks = [Task("sentiment"), Task("topic", kind="multiclass", num_classes=topic_classes)]
     encoder = TextEncoder(tokenizer=tokenizer, embedding_dim=embedding_dim,
                           hidden_size=hidden_size, pooling=pooling)
-    model = create_model("shared_bottom", tasks=tasks, encoder=encoder,
-                         bottom_dims=(hidden_size,), tower_dims=())
+    width = {"shared_bottom": "bottom_dims", "single_task": "hidden_dims"}[architecture]
+    model = create_model(architecture, tasks=tasks, encoder=encoder,
+                         **{width: (hidden_size,)}, tower_dims=())
     trainer = Trainer(model, weighting=weighting, lr=lr, batch_size=batch_size,
                       input_key="input_ids", seed=seed, progress=progress)
     trainer.fit({"sentiment": sentiment["train"], "topic": topic["train"]}, epochs=epochs)

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import mtlzoo
 from mtlzoo import cli
 from mtlzoo.recipes import imdb_agnews
 
@@ -84,3 +85,39 @@ def test_the_cli_runs_the_recipe(recipe_data, capsys):
     assert re.search(r"sentiment accuracy \d\.\d{4}, topic accuracy \d\.\d{4}", out)
     # AUC is the binary task's, macro-F1 the multiclass one's: neither shows as NaN
     assert "NaN" not in out and "nan" not in out
+
+
+def test_the_cli_compares_the_recipe_with_its_single_task_baseline(recipe_data, capsys):
+    root, cache = recipe_data
+    argv = ["train", "--recipe", "imdb-agnews", "--data-dir", str(root), "--cache-dir",
+            str(cache), "--epochs", "1", "--batch-size", "32", "--quiet",
+            "--compare-single-task", "--seeds", "2", "--seed", "5"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "over 2 seed(s) (5..6)" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.startswith(("sentiment", "topic"))}
+    assert set(rows) == {"sentiment", "topic"}
+    for values in rows.values():  # multi, its std, single, its std, difference
+        multi, multi_std, single, single_std, difference = map(float, values)
+        assert 0 <= multi <= 1 and 0 <= single <= 1 and multi_std >= 0 and single_std >= 0
+        assert difference == pytest.approx(multi - single, abs=2e-4)
+
+
+def test_the_single_task_baseline_shares_nothing(recipe_data):
+    root, cache = recipe_data
+    trainer, _ = imdb_agnews(root, epochs=1, batch_size=32, cache_dir=cache, progress=False,
+                             architecture="single_task")
+    model = trainer.model
+    assert model.encoder is None and len(model.encoders) == 2
+    first, second = (set(map(id, encoder.parameters())) for encoder in model.encoders)
+    assert not first & second
+    with pytest.raises(mtlzoo.MtlzooError, match="architecture"):
+        imdb_agnews(root, architecture="mmoe")
+
+
+def test_seeds_are_for_the_comparison(recipe_data, capsys):
+    root, _ = recipe_data
+    argv = ["train", "--recipe", "imdb-agnews", "--data-dir", str(root), "--seeds", "2"]
+    assert cli.main(argv) == 1
+    assert "--seeds is for --compare-single-task" in capsys.readouterr().err
