@@ -52,3 +52,16 @@ def float64():
 @pytest.fixture(params=mtlzoo.list_models())
 def model_name(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def peers_installed() -> dict[str, str]:
+    """The peers' versions; the test is skipped where the [peers] extra is not installed."""
+    from mtlzoo.bench import peers
+
+    pytest.importorskip("torch_rechub", reason="the [peers] extra is not installed")
+    try:
+        peers._import_deepctr()  # importorskip would run deepctr-torch's online version check
+    except ImportError:
+        pytest.skip("the [peers] extra is not installed (deepctr-torch)")
+    return peers.require_peers()

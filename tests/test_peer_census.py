@@ -112,14 +112,6 @@ def test_census_config_has_the_census_sizes_and_refuses_unknown_ones():
 
 # --- with the peers ([peers] extra) --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def installed():
-    pytest.importorskip("torch_rechub", reason="the [peers] extra is not installed")
-    try:
-        peers._import_deepctr()  # importorskip would run deepctr-torch's online version check
-    except ImportError:
-        pytest.skip("the [peers] extra is not installed (deepctr-torch)")
-    return peers.require_peers()
 
 
 def inputs(split, rows: int = 16) -> dict:
@@ -129,7 +121,7 @@ def inputs(split, rows: int = 16) -> dict:
 
 @pytest.mark.parametrize("family", peers.FAMILIES)
 @pytest.mark.parametrize("implementation", peers.PEERS)
-def test_the_logits_are_the_logit_of_the_peers_probabilities(installed, census,
+def test_the_logits_are_the_logit_of_the_peers_probabilities(peers_installed, census,
                                                              implementation, family):
     model = peer_census.build_model(implementation, family, census, **SMALL)
     assert isinstance(model, peer_census.PeerModel) and model.peer is not None
@@ -162,7 +154,7 @@ def test_the_logits_are_the_logit_of_the_peers_probabilities(installed, census,
     torch.testing.assert_close(only.logits["marital"], out.logits["marital"])
 
 
-def test_our_bce_on_the_logits_is_the_peers_bce_with_its_gradient(installed, census):
+def test_our_bce_on_the_logits_is_the_peers_bce_with_its_gradient(peers_installed, census):
     model = peer_census.build_model("torch-rechub", "mmoe", census, **SMALL)
     x, y = inputs(census.splits["train"], 64), torch.randint(0, 2, (64, 2)).float()
     losses, grads = [], []
@@ -183,12 +175,12 @@ def test_our_bce_on_the_logits_is_the_peers_bce_with_its_gradient(installed, cen
 
 @pytest.mark.parametrize("family", peers.FAMILIES)
 @pytest.mark.parametrize("implementation", peers.IMPLEMENTATIONS)
-def test_every_side_trains_an_epoch_and_is_scored(installed, census, implementation, family):
+def test_every_side_trains_an_epoch_and_is_scored(peers_installed, census, implementation, family):
     assert_ran(run(implementation, family, census))
 
 
 @pytest.mark.parametrize("implementation", peers.PEERS)
-def test_seeds_reproduce(installed, census, implementation):
+def test_seeds_reproduce(peers_installed, census, implementation):
     first, again, other = (run(implementation, "mmoe", census, seed)
                            for seed in (1, 1, 2))
     for result in (first, again, other):
@@ -197,7 +189,7 @@ def test_seeds_reproduce(installed, census, implementation):
     assert first != other
 
 
-def test_a_seed_gives_every_side_the_same_encoder_and_generator_state(installed, census):
+def test_a_seed_gives_every_side_the_same_encoder_and_generator_state(peers_installed, census):
     weights = []
     for implementation in peers.IMPLEMENTATIONS:
         torch.manual_seed(123)  # whatever came before
@@ -209,7 +201,7 @@ def test_a_seed_gives_every_side_the_same_encoder_and_generator_state(installed,
     assert all(torch.equal(weights[0], w) for w in weights[1:])
 
 
-def test_shared_and_task_parameters_split_the_peer(installed, census):
+def test_shared_and_task_parameters_split_the_peer(peers_installed, census):
     for implementation in peers.PEERS:
         model = peer_census.build_model(implementation, "ple", census, **SMALL)
         shared, own = model.shared_parameters(), model.task_parameters()
@@ -219,7 +211,7 @@ def test_shared_and_task_parameters_split_the_peer(installed, census):
     assert_ran(run("torch-rechub", "mmoe", census, weighting="pcgrad"))
 
 
-def test_a_config_a_peer_cannot_run_gives_the_reason(installed, census):
+def test_a_config_a_peer_cannot_run_gives_the_reason(peers_installed, census):
     # DeepCTR-Torch 0.3.0's PLE at the census sizes: 4 shared + 2 per task experts
     result = peer_census.run_peer("deepctr-torch", "ple", census, budget={"epochs": 1})
     assert all(math.isnan(result[column]) for column in peer_census.RESULTS_COLUMNS)
@@ -263,7 +255,7 @@ def test_peers_are_for_the_census_suite(tmp_path, capsys):
     assert "--peers is for --suite census" in capsys.readouterr().err
 
 
-def test_census_peers_sit_beside_ours_in_one_table(tmp_path, installed, capsys):
+def test_census_peers_sit_beside_ours_in_one_table(tmp_path, peers_installed, capsys):
     import pandas as pd
 
     from mtlzoo import cli
@@ -291,7 +283,7 @@ def test_census_peers_sit_beside_ours_in_one_table(tmp_path, installed, capsys):
     assert len(runs) == 2 * len(peers.FAMILIES) * len(peers.PEERS)  # ours not run again
     report = (tmp_path / "quality_census_demo_peers.md").read_text()
     assert f"Command: `mtlzoo {' '.join(argv)}`" in report
-    assert f"torch-rechub {installed['torch-rechub']}" in report
+    assert f"torch-rechub {peers_installed['torch-rechub']}" in report
     assert cli.main(argv) == 0  # resumed: the note is read back as text
     again = pd.read_csv(tmp_path / "quality_census_demo_peers.csv")
     assert list(again.note.fillna("")) == list(table.note)

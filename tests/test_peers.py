@@ -134,19 +134,11 @@ def test_report_numbers_the_notes_and_leaves_failed_cells_empty():
 
 # --- with the peers ([peers] extra) --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def installed():
-    pytest.importorskip("torch_rechub", reason="the [peers] extra is not installed")
-    try:
-        peers._import_deepctr()  # importorskip would run deepctr-torch's online version check
-    except ImportError:
-        pytest.skip("the [peers] extra is not installed (deepctr-torch)")
-    return peers.require_peers()
 
 
 @pytest.mark.parametrize("family", peers.FAMILIES)
 @pytest.mark.parametrize("implementation", peers.IMPLEMENTATIONS)
-def test_every_builder_builds_and_trains(installed, implementation, family):
+def test_every_builder_builds_and_trains(peers_installed, implementation, family):
     config = tiny(family, num_shared_experts=2, num_task_experts=2)  # DeepCTR-Torch runs it
     x, y = peers.batch(config, 16)
     model = peers.build(implementation, config)
@@ -167,7 +159,7 @@ def test_every_builder_builds_and_trains(installed, implementation, family):
 
 
 @pytest.mark.parametrize("family", peers.FAMILIES)
-def test_parameter_counts_differ_only_by_the_peers_own_design(installed, family):
+def test_parameter_counts_differ_only_by_the_peers_own_design(peers_installed, family):
     config = tiny(family, num_shared_experts=2, num_task_experts=2, num_levels=2)
     count = {name: peers.parameter_count(peers.build(name, config))
              for name in peers.IMPLEMENTATIONS}
@@ -245,7 +237,7 @@ def copy_ours_into(implementation: str, ours, peer, config: peers.Config) -> Non
 
 @pytest.mark.parametrize("family", ["mmoe", "ple"])
 @pytest.mark.parametrize("implementation", peers.PEERS)
-def test_with_our_weights_the_peers_compute_our_function(installed, implementation, family):
+def test_with_our_weights_the_peers_compute_our_function(peers_installed, implementation, family):
     config = tiny(family, num_tasks=3, num_shared_experts=2, num_task_experts=2, num_levels=2)
     x, y = peers.batch(config, 32)
     ours, peer = (peers.build(name, config, seed=1) for name in ("ours", implementation))
@@ -258,7 +250,8 @@ def test_with_our_weights_the_peers_compute_our_function(installed, implementati
     torch.testing.assert_close(peer_out, ours_out, atol=1e-4, rtol=1e-4)
 
 
-def test_deepctr_ple_with_more_shared_than_task_experts_fails_and_the_table_says_so(installed):
+def test_deepctr_ple_with_more_shared_than_task_experts_fails_and_the_table_says_so(
+        peers_installed):
     config = tiny("ple", num_shared_experts=3, num_task_experts=1)
     table = peers.compare([config, tiny("mmoe")], batch_sizes=(8,), repeats=1, warmup=0)
     ple, mmoe = table.iloc[0], table.iloc[1]
@@ -270,7 +263,7 @@ def test_deepctr_ple_with_more_shared_than_task_experts_fails_and_the_table_says
     assert mmoe.rechub_over_ours == pytest.approx(mmoe.rechub_ms / mmoe.ours_ms)
 
 
-def test_bench_speed_peers_writes_its_table(installed, monkeypatch, tmp_path, capsys):
+def test_bench_speed_peers_writes_its_table(peers_installed, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(peers, "speed_grid", lambda: [tiny("mmoe"), tiny("ple")])
     argv = ["bench", "speed", "--peers", "--batch-size", "8", "--repeats", "1", "--threads",
             "1", "--out", str(tmp_path)]
@@ -287,4 +280,4 @@ def test_bench_speed_peers_writes_its_table(installed, monkeypatch, tmp_path, ca
     text = (tmp_path / "bench_speed_peers_cpu.md").read_text()
     assert "Command: `mtlzoo bench speed --peers --batch-size 8" in text
     assert "1 thread |" in text
-    assert f"deepctr-torch {installed['deepctr-torch']}" in text
+    assert f"deepctr-torch {peers_installed['deepctr-torch']}" in text
