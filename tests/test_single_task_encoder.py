@@ -7,31 +7,12 @@ import torch
 
 import mtlzoo
 from mtlzoo import Task
-from mtlzoo.encoders import DenseEncoder, TabularEncoder, TextEncoder
+from mtlzoo.encoders import TabularEncoder
 from mtlzoo.models import SingleTask
+from tests.test_encoders import ENCODERS, tabular_batch  # the encoders and their inputs
 
 pytestmark = pytest.mark.usefixtures("float64")
 TASKS = [Task("a"), Task("b", kind="multiclass", num_classes=4), Task("c", kind="regression")]
-
-
-def tabular_batch(rows: int = 6) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    codes = torch.stack([torch.randint(0, k, (rows,), generator=g) for k in (3, 1, 5)], dim=1)
-    return {"categorical": codes, "numeric": torch.randn(rows, 2, generator=g)}
-
-
-def token_batch() -> torch.Tensor:
-    ids = torch.randint(2, 50, (4, 7), generator=torch.Generator().manual_seed(1))
-    ids[0, 3:] = 0
-    return ids
-
-
-ENCODERS = {
-    "dense": (lambda: DenseEncoder(5), lambda: torch.randn(6, 5)),
-    "tabular": (lambda: TabularEncoder([3, 1, 5], 2, embedding_dim=3), tabular_batch),
-    "text_lstm": (lambda: TextEncoder(50, 8, 6), token_batch),
-    "text_mean": (lambda: TextEncoder(50, 8, pooling="mean"), token_batch),
-}
 
 
 def build(encoder_name: str, tasks=TASKS) -> tuple[SingleTask, object]:
