@@ -22,6 +22,18 @@ from mtlzoo.train import Trainer
 
 # the recipe's multi-task model, and the single-task baseline of the same layers
 ARCHITECTURES = ("shared_bottom", "single_task")
+VALIDATION_FRACTION = 0.1  # of the training rows, where a source has no validation split
+
+
+def with_validation(data, seed: int = 0):
+    """``data`` (a ``DatasetDict``) with a ``validation`` split: its own when it has one,
+    else :data:`VALIDATION_FRACTION` of ``train`` carved out at random from ``seed``."""
+    import datasets
+
+    if "validation" in data:
+        return data
+    parts = data["train"].train_test_split(test_size=VALIDATION_FRACTION, seed=seed)
+    return datasets.DatasetDict({**data, "train": parts["train"], "validation": parts["test"]})
 
 
 def imdb_agnews(
@@ -48,6 +60,9 @@ def imdb_agnews(
     ``mtlzoo.data.text.text_classification``); without it both come from the Hugging Face
     hub. One ``WordTokenizer`` is fitted on both training sets (``max_vocab`` words, texts
     cut to ``max_length`` tokens) and saved in the model's state dict with the encoder.
+    A source without a validation split gets one: :data:`VALIDATION_FRACTION` of its
+    training rows, drawn with ``seed``; every epoch is evaluated on it (the history's
+    ``<task>/<metric>`` columns), the test split only at the end.
     ``architecture="single_task"`` is the baseline: the same layers, but each task with its
     own copy of the encoder and its own hidden layer, so nothing is shared.
     """
@@ -58,7 +73,8 @@ def imdb_agnews(
 
     def load(name: str):
         local = None if data_dir is None else Path(data_dir) / name
-        return text_classification(name, data_dir=local, cache_dir=cache_dir)
+        return with_validation(text_classification(name, data_dir=local, cache_dir=cache_dir),
+                               seed)
 
     sentiment, topic = load("imdb"), load("ag_news")
     tokenizer = WordTokenizer(max_vocab=max_vocab, max_length=max_length)
@@ -75,5 +91,7 @@ def imdb_agnews(
                          **{width: (hidden_size,)}, tower_dims=())
     trainer = Trainer(model, weighting=weighting, lr=lr, batch_size=batch_size,
                       input_key="input_ids", seed=seed, progress=progress)
-    trainer.fit({"sentiment": sentiment["train"], "topic": topic["train"]}, epochs=epochs)
+    trainer.fit({"sentiment": sentiment["train"], "topic": topic["train"]},
+                eval={"sentiment": sentiment["validation"], "topic": topic["validation"]},
+                epochs=epochs)
     return trainer, trainer.evaluate({"sentiment": sentiment["test"], "topic": topic["test"]})

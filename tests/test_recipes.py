@@ -121,3 +121,25 @@ def test_seeds_are_for_the_comparison(recipe_data, capsys):
     argv = ["train", "--recipe", "imdb-agnews", "--data-dir", str(root), "--seeds", "2"]
     assert cli.main(argv) == 1
     assert "--seeds is for --compare-single-task" in capsys.readouterr().err
+
+
+def test_a_source_without_validation_gets_one_carved_from_train(recipe_data):
+    import datasets
+
+    from mtlzoo.recipes import VALIDATION_FRACTION, with_validation
+
+    train = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(100)],
+                                        "label": [i % 2 for i in range(100)]})
+    test = datasets.Dataset.from_dict({"text": ["x"], "label": [0]})
+    carved = with_validation(datasets.DatasetDict({"train": train, "test": test}), seed=3)
+    assert len(carved["validation"]) == int(100 * VALIDATION_FRACTION)
+    assert len(carved["train"]) == 100 - len(carved["validation"])
+    assert not set(carved["train"]["text"]) & set(carved["validation"]["text"])
+    assert carved["test"]["text"] == ["x"]
+    own = datasets.DatasetDict({"train": train, "validation": test, "test": test})
+    assert with_validation(own)["validation"] is own["validation"]  # a source's own is kept
+    root, cache = recipe_data
+    trainer, _ = imdb_agnews(root, epochs=2, batch_size=32, cache_dir=cache, progress=False)
+    history = trainer.history
+    assert {"sentiment/accuracy", "topic/accuracy"} <= set(history.columns)
+    assert len(history) == 2  # every epoch evaluated on the validation split
