@@ -16,6 +16,7 @@ from mtlzoo.errors import MtlzooError
 from mtlzoo.weighting import gradients
 from mtlzoo.weighting.cagrad import conflict_averse_weights
 from mtlzoo.weighting.gradients import gram_matrix, min_norm_weights
+from tests.gradient_families import hard_gradients
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -66,32 +67,6 @@ def assert_optimal(grads: torch.Tensor, w: torch.Tensor, *, kkt_tol: float = 1e-
     assert (slope[w > 0] - value).abs().max().item() <= kkt_tol * scale
     best = brute_force(grads)
     assert abs(objective(w, grads) - best) <= 1e-12 * best + 1e-14 * scale
-
-
-def hard_gradients(family: str, t: int, seed: int) -> torch.Tensor:
-    """(t, p) gradients of one ill-conditioned kind."""
-    gen = torch.Generator().manual_seed(seed)
-    base = torch.randn(6, generator=gen)
-    noise = torch.randn(t, 6, generator=gen)
-    if family == "near_parallel":  # spread across base: the minimum is inside the hull
-        across = noise - (noise @ base)[:, None] * base / (base @ base)
-        return base + 1e-3 * across
-    if family == "near_opposite":  # alternate signs, norms 1 to 30
-        signs = torch.tensor([(-1.0) ** i for i in range(t)])
-        return (signs[:, None] * base + 1e-3 * noise) * torch.linspace(1, 30, t)[:, None]
-    if family == "norms_100x_apart":
-        return noise * (100.0 ** torch.linspace(0, 1, t))[:, None]
-    if family == "more_tasks_than_dims":  # t points in a plane: affinely dependent
-        return noise[:, :2] + 0.3 * base[:2]
-    if family == "duplicated":
-        grads = noise + 0.3 * base
-        grads[1] = grads[0]
-        return grads
-    if family == "zero_gradient":
-        grads = noise + base
-        grads[t // 2] = 0
-        return grads
-    raise AssertionError(family)
 
 
 FAMILIES = ("near_parallel", "near_opposite", "norms_100x_apart", "more_tasks_than_dims",
