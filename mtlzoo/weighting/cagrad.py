@@ -15,7 +15,7 @@ from torch import Tensor
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
 from mtlzoo.weighting.base import GradientWeighting
-from mtlzoo.weighting.gradients import EPS, check_gram, gram_matrix
+from mtlzoo.weighting.gradients import EPS, check_gram, gram_matrix, toward
 from mtlzoo.weighting.registry import register_weighting
 
 KKT_TOL = 1e-10  # of max_t M_tt: how far conflict_averse_weights may miss the optimality conditions
@@ -412,14 +412,10 @@ def nonnegative_least_squares(m: list[list[float]], a: list[float]) -> list[floa
             z = solve_spd(m, a, free)
             if z is None:
                 return y
-            ratios = {i: y[i] / (y[i] - z[i]) if y[i] > 0 else 0.0 for i in free if z[i] <= 0}
-            if not ratios:
-                y = z
+            y, kept = toward(y, z, free)
+            if kept == free:
                 break
-            alpha = min(ratios.values())
-            y = [yi + alpha * (zi - yi) for yi, zi in zip(y, z, strict=True)]
-            free = [i for i in free if ratios.get(i, math.inf) > alpha]
-            y = [yi if i in free else 0.0 for i, yi in enumerate(y)]
+            free = kept
     return y
 
 

@@ -182,14 +182,24 @@ def active_step(
         v = affine_min(m, trial, rows)
         if v is None:
             return u
-        # the step along u -> v at which each weight going negative reaches 0
-        ratios = {i: u[i] / (u[i] - v[i]) if u[i] > 0 else 0.0 for i in trial if v[i] <= 0}
-        if not ratios:
-            return v
-        alpha = min(ratios.values())
-        trial = [i for i in trial if ratios.get(i, math.inf) > alpha]
-        u = [ui + alpha * (vi - ui) if i in trial else 0.0
-             for i, (ui, vi) in enumerate(zip(u, v, strict=True))]
+        u, kept = toward(u, v, trial)
+        if kept == trial:
+            return u
+        trial = kept
+
+
+def toward(u: list[float], v: list[float], free: list[int]) -> tuple[list[float], list[int]]:
+    """The step of an active-set solve from ``u`` (weights >= 0, zero outside ``free``)
+    towards ``v``: ``(v, free)`` when no weight of ``free`` goes below 0 there, else the
+    point where the first reaches 0 and ``free`` without those that did."""
+    # the step along u -> v at which each weight going negative reaches 0
+    ratios = {i: u[i] / (u[i] - v[i]) if u[i] > 0 else 0.0 for i in free if v[i] <= 0}
+    if not ratios:
+        return v, free
+    alpha = min(ratios.values())
+    free = [i for i in free if ratios.get(i, math.inf) > alpha]
+    return [ui + alpha * (vi - ui) if i in free else 0.0
+            for i, (ui, vi) in enumerate(zip(u, v, strict=True))], free
 
 
 def exchange(m: list[list[float]], w: list[float], slope: list[float], k: int) -> list[float]:
