@@ -25,7 +25,14 @@ import mtlzoo.data
 import mtlzoo.data.text
 from mtlzoo import MtlzooError
 from mtlzoo.data.batches import as_batches
-from mtlzoo.data.text import NUM_CLASSES, num_classes, text_classification, tokenize_dataset
+from mtlzoo.data.text import (
+    NUM_CLASSES,
+    class_names,
+    load_source,
+    num_classes,
+    text_classification,
+    tokenize_dataset,
+)
 from mtlzoo.tokenizer import WordTokenizer, pad_batch
 
 TRAIN = pd.DataFrame({
@@ -47,6 +54,12 @@ def write(folder, name: str, frame: pd.DataFrame) -> None:
         frame.to_parquet(folder / name, index=False)
     else:
         frame.to_csv(folder / name, index=False)
+
+
+@pytest.fixture(autouse=True)
+def hub_answers(monkeypatch):
+    """The tests that mock datasets.load_dataset make no network call, not even the probe."""
+    monkeypatch.setattr(mtlzoo.data.text, "hub_reachable", lambda: True)
 
 
 def load(tmp_path, name=None, **kwargs):
@@ -177,9 +190,10 @@ def test_an_empty_split_from_the_hub_is_an_error(tmp_path, monkeypatch):
         ("ag_news", [0, 1, 4, 1, 0, 1], r"span 0\.\.4, but ag_news has 4 classes"),
         ("ag_news", [0, -1, 2, 1, 0, 1], r"span -1\.\.2"),
         (None, [0, -1, 2, 1, 0, 1], r"span -1\.\.2.*non-negative"),
-        (None, [0.0, 1.5, 2.0, 1.0, 0.0, 1.0], r"must hold integers.*double"),
-        (None, ["pos", "neg", "pos", "neg", "pos", "neg"], r"must hold integers.*string"),
-        (None, [True, False, True, False, True, False], r"must hold integers.*bool"),
+        (None, [0.0, 1.5, 2.0, 1.0, 0.0, 1.0], r"must hold class ids.*double"),
+        (None, ["pos", "neg", "pos", "neg", "pos", "neg"],
+             r"class names \(strings\) in split 'train'.*class ids \(numbers\) in split 'test'"),
+        (None, [True, False, True, False, True, False], r"must hold class ids.*bool"),
     ],
 )
 def test_bad_labels(tmp_path, name, labels, message):
@@ -245,8 +259,8 @@ def test_data_files_errors(tmp_path):
     ("kwargs", "message"),
     [
         ({}, "needs a dataset name"),
-        ({"name": "imbd"}, "unknown text dataset 'imbd'.*Did you mean 'imdb'"),
-        ({"name": 3}, "name must be a dataset name"),
+        ({"name": "./imdb"}, "name must be a hub id"),
+        ({"name": 3}, "name must be a hub id"),
         ({"name": "imdb", "text_column": ""}, "text_column must be a non-empty"),
         ({"name": "imdb", "text_column": "x", "label_column": "x"}, "both 'x'"),
     ],
@@ -650,3 +664,106 @@ def test_real_offline_mode_gives_the_guidance(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, env=env, timeout=120)
     assert result.stdout.split()[-1] == "True", result.stdout + result.stderr
+
+
+# --- classes from the data, any source -------------------------------------------------
+
+
+def test_class_names_given_as_strings_become_sorted_ids(tmp_path):
+    folder = tmp_path / "mtlzoo_text_named_labels"
+    names = ["earn", "acq", "crude", "trade", "acq", "earn"]
+    write(folder, "train.csv", TRAIN.assign(topic=names))
+    write(folder, "test.csv", TEST.assign(topic=["trade", "crude"]))
+    data = load(tmp_path, data_dir=folder)
+    assert class_names(data) == ("acq", "crude", "earn", "trade") and num_classes(data) == 4
+    assert data["train"]["label"] == [2, 0, 1, 3, 0, 2]
+    assert data["test"]["label"] == [3, 1]
+
+
+def test_known_dataset_names_keep_the_hubs_order(tmp_path):
+    folder = tmp_path / "mtlzoo_text_named_imdb"
+    write(folder, "train.parquet", TRAIN.assign(topic=["pos", "neg"] * 3))
+    write(folder, "test.parquet", TEST.assign(topic=["neg", "neg"]))
+    data = load(tmp_path, "imdb", data_dir=folder)
+    assert class_names(data) == ("neg", "pos") and data["train"]["label"][:2] == [1, 0]
+    write(folder, "test.parquet", TEST.assign(topic=["neg", "good"]))
+    with pytest.raises(MtlzooError, match=r"label 'good'.*not a class of imdb \(neg, pos\)"):
+        load(tmp_path, "imdb", data_dir=folder)
+
+
+def test_integer_labels_are_named_by_their_ids(tmp_path):
+    folder = tmp_path / "mtlzoo_text_eight_classes"
+    write(folder, "train.parquet", TRAIN.assign(topic=[0, 7, 3, 5, 1, 2]))
+    write(folder, "test.parquet", TEST)
+    data = load(tmp_path, data_dir=folder)
+    assert num_classes(data) == 8 and class_names(data) == tuple("01234567")
+
+
+def test_any_hub_id_loads_with_its_own_classes(tmp_path, monkeypatch):
+    names = ("negative", "neutral", "positive")
+    fake = datasets.DatasetDict({
+        "train": hub_split(["good", "bad", "so so"], [2, 0, 1], names),
+        "validation": hub_split(["fine"], [2], names),
+        "test": hub_split(["?", "!"], [-1, -1], names),  # GLUE-style: no test labels
+    })
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda path, **kwargs: calls.append(path) or fake)
+    data = text_classification("someone/tweets", cache_dir=tmp_path / "cache")
+    assert calls == ["someone/tweets"]
+    assert list(data) == ["train", "validation"] and class_names(data) == names
+
+
+def test_an_unknown_hub_id_offline_suggests_a_known_one(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'imbd' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(MtlzooError, match=r"could not load 'imbd'.*did you mean 'imdb'\?"):
+        text_classification("imbd", cache_dir=tmp_path / "cache")
+
+
+def test_load_source_takes_a_folder_a_file_files_a_dataset_or_a_hub_id(tmp_path, monkeypatch):
+    folder = tmp_path / "mtlzoo_source_folder"
+    write(folder, "train.parquet", TRAIN.rename(columns={"headline": "text", "topic": "label"}))
+    write(folder, "test.parquet", TEST.rename(columns={"headline": "text", "topic": "label"}))
+    cache = tmp_path / "cache"
+    from_folder = load_source(folder, cache_dir=cache)
+    assert list(from_folder) == ["train", "test"] and len(from_folder["train"]) == 6
+    from_file = load_source(str(folder / "train.parquet"), cache_dir=cache)
+    assert list(from_file) == ["train"] and len(from_file["train"]) == 6
+    from_files = load_source({"train": folder / "train.parquet", "test": folder / "test.parquet"},
+                             cache_dir=cache)
+    assert list(from_files) == ["train", "test"]
+    assert load_source(from_folder) is from_folder
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kwargs: datasets.DatasetDict(
+        {"train": hub_split(["good", "bad"], [1, 0])}))
+    assert class_names(load_source("rotten_tomatoes", cache_dir=cache)) == ("neg", "pos")
+    for missing in ("./no_such_folder", "reviews.csv", str(tmp_path / "nope"), "/abs/nope"):
+        with pytest.raises(MtlzooError, match=f"text source {missing!r}: no such folder or file"):
+            load_source(missing, cache_dir=cache)
+    with pytest.raises(MtlzooError, match="a folder, a file, a dict of split files or a hub id"):
+        load_source(3)
+
+
+def test_an_unreachable_hub_fails_in_seconds_not_half_a_minute(tmp_path):
+    """The hub's address is probed first; when it does not answer, datasets' offline mode
+    is used for the call instead of five retries with back-off (27 s before)."""
+    code = (
+        "import time\n"
+        "from mtlzoo import MtlzooError\n"
+        "from mtlzoo.data.text import text_classification\n"
+        "start = time.perf_counter()\n"
+        "try:\n"
+        f"    text_classification('imdb', cache_dir={str(tmp_path / 'cache')!r})\n"
+        "except MtlzooError as error:\n"
+        "    print('data_dir=' in str(error), round(time.perf_counter() - start, 1))\n"
+    )
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("HF_") and "proxy" not in key.lower()}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    found, seconds = result.stdout.split()[-2:]
+    assert found == "True", result.stdout + result.stderr
+    assert float(seconds) < 10, result.stderr

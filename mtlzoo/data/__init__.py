@@ -7,7 +7,14 @@ that read data.
 
 from mtlzoo.data.census_income import CensusIncome, census_income
 from mtlzoo.data.synthetic import synthetic_tasks
-from mtlzoo.data.text import NUM_CLASSES, num_classes, text_classification, tokenize_dataset
+from mtlzoo.data.text import (
+    NUM_CLASSES,
+    class_names,
+    load_source,
+    num_classes,
+    text_classification,
+    tokenize_dataset,
+)
 from mtlzoo.tokenizer import WordTokenizer, pad_batch
 
 __all__ = [
@@ -15,6 +22,8 @@ __all__ = [
     "CensusIncome",
     "WordTokenizer",
     "census_income",
+    "class_names",
+    "load_source",
     "num_classes",
     "pad_batch",
     "synthetic_tasks",

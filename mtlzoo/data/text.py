@@ -1,8 +1,12 @@
-"""Text classification data: IMDb and AG News (from the hub or local files), tokenised into
-fixed-shape id columns for an Embedding + BiLSTM encoder.
+"""Text classification data from any labelled source (a hub id, a local folder or files),
+tokenised into fixed-shape id columns for an Embedding + BiLSTM encoder.
 
 * ``text_classification(name, data_dir=..., data_files=...)`` returns a ``DatasetDict`` whose
-  splits hold exactly two columns, ``text`` (str) and ``label`` (int64, ``0 .. K-1``).
+  splits hold exactly two columns, ``text`` (str) and ``label`` (int64, ``0 .. K-1``; a
+  ``ClassLabel`` with the class names where the source gives them). IMDb and AG News are
+  known by name; any other hub id loads as it is.
+* ``load_source`` reads the one-argument form a recipe or the command line takes: a local
+  folder, a local file, a dict of split files, or a hub id.
 * ``tokenize_dataset`` adds an ``input_ids`` column padded to one length with a fitted
   ``mtlzoo.tokenizer.WordTokenizer``, so the trainer fetches fixed-shape batches with
   ``dataset.with_format("torch")[rows]``.
@@ -12,6 +16,7 @@ fixed-shape id columns for an Embedding + BiLSTM encoder.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -21,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mtlzoo import _checks
-from mtlzoo.errors import DataLoadError, MtlzooError, suggest
+from mtlzoo.errors import DataLoadError, MtlzooError
 from mtlzoo.tokenizer import WordTokenizer, pad_batch
 
 NUM_CLASSES: dict[str, int] = {"imdb": 2, "ag_news": 4}
@@ -42,8 +47,12 @@ _ALIASES = {
     "ag_news": "ag_news",
     "fancyzhx/ag_news": "ag_news",
 }
-# hub splits without labels (IMDb's 50k "unsupervised" reviews are labelled -1)
-_UNLABELLED_SPLITS = {"imdb": ("unsupervised",)}
+# the hub's mark for a split without labels (IMDb's "unsupervised", GLUE's "test")
+_UNLABELLED = -1
+# a hub id: "name" or "owner/name"
+_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
+PROBE_TIMEOUT = 3.0
+"""Seconds to wait for the hub's address before loading from the cache only."""
 _FORMATS = {".parquet": "parquet", ".csv": "csv"}
 _DIR_SPLITS = ("train", "validation", "test")
 _REQUIRED_DIR_SPLITS = ("train", "test")
@@ -63,10 +72,13 @@ def text_classification(
     """A ``datasets.DatasetDict`` of text classification splits, each with exactly the
     columns ``text`` (str) and ``label`` (int64 in ``0 .. K-1``).
 
-    ``name`` is ``"imdb"`` (alias ``"stanfordnlp/imdb"``, 2 classes) or ``"ag_news"``
-    (alias ``"fancyzhx/ag_news"``, 4 classes). With no local files it is loaded from the
-    Hugging Face hub; IMDb's unlabelled ``unsupervised`` split is dropped. Local files need
-    no network:
+    ``name`` is a Hugging Face hub id. Two are known: ``"imdb"`` (alias
+    ``"stanfordnlp/imdb"``, 2 classes) and ``"ag_news"`` (alias ``"fancyzhx/ag_news"``, 4
+    classes); their labels are checked against the hub's classes. Any other id (such as
+    ``"rotten_tomatoes"`` or ``"SetFit/20_newsgroups"``) loads as it is, its classes from the
+    data. With no local files ``name`` is loaded from the hub (a hub that cannot be reached
+    within :data:`PROBE_TIMEOUT` seconds is not retried: the cache is read, or the error
+    comes at once). Local files need no network:
 
     * ``data_dir``: a folder with ``train`` and ``test`` files (``validation`` optional),
       each ``<split>.parquet`` or ``<split>.csv``, or shards ``<split>-*.parquet`` /
@@ -76,10 +88,12 @@ def text_classification(
 
     ``text_column`` and ``label_column`` name the source columns, renamed to ``text`` and
     ``label``; other columns are dropped. Every text must hold a non-space character:
-    empty, whitespace-only and missing texts are errors. With a known ``name`` labels must
-    lie in ``0 .. NUM_CLASSES[name] - 1`` and become a ``ClassLabel`` with the hub's names;
-    without one, labels must be non-negative integers. ``cache_dir`` is the ``datasets``
-    cache.
+    empty, whitespace-only and missing texts are errors. Labels are class ids (integers) or
+    class names (strings). Names become ids in sorted order (with a known ``name``, in the
+    hub's order) and the label a ``ClassLabel`` with those names; ids must be non-negative,
+    and below the class count where the source gives one (a ``ClassLabel``, a known
+    ``name``). A split whose labels are all -1 (the hub's mark for unlabelled rows, as in
+    IMDb's ``unsupervised`` split) is dropped. ``cache_dir`` is the ``datasets`` cache.
 
     Every problem (no network, missing or unreadable files, missing columns, an empty split,
     empty texts, bad labels) is an ``MtlzooError``. With local files it names the file
@@ -88,7 +102,7 @@ def text_classification(
     """
     import datasets
 
-    canonical = _canonical_name(name) if name is not None else None
+    canonical, hub_id = _resolve(name) if name is not None else (None, None)
     for argument, value in (("text_column", text_column), ("label_column", label_column)):
         if not isinstance(value, str) or not value:
             raise MtlzooError(f"{argument} must be a non-empty column name, got {value!r}")
@@ -103,28 +117,61 @@ def text_classification(
         sources = (_files_in_dir(data_dir) if data_dir is not None
                    else _normalise_data_files(data_files))
         loaded = _load_local(sources, cache, text_column, label_column)
-    elif canonical is None:
+    elif hub_id is None:
         raise MtlzooError(
-            "text_classification needs a dataset name ('imdb' or 'ag_news') or local files "
-            "(data_dir= or data_files=)"
+            "text_classification needs a dataset name (a hub id such as 'imdb' or "
+            "'ag_news') or local files (data_dir= or data_files=)"
         )
     else:
-        loaded = _load_hub(canonical, cache, text_column, label_column)
+        loaded = _load_hub(canonical, hub_id, cache, text_column, label_column)
 
-    splits = {
-        split: dataset
-        for split, dataset in loaded.items()
-        if split not in _UNLABELLED_SPLITS.get(canonical, ())
-    }
+    splits = {split: dataset for split, dataset in loaded.items()
+              if not _unlabelled(dataset, label_column)}
     if not splits:
         raise MtlzooError(f"no labelled split found (splits: {list(loaded)})")
+    names = _label_names(splits, canonical, label_column, sources)
     return datasets.DatasetDict(
         {
             split: _standardise(dataset, split, canonical, text_column, label_column,
-                                sources.get(split))
+                                sources.get(split), names)
             for split, dataset in splits.items()
         }
     )
+
+
+def load_source(source, *, cache_dir: str | os.PathLike | None = None):
+    """:func:`text_classification` of one source given as one value, as recipes and the
+    command line take it (each split's columns ``text`` and ``label``):
+
+    * a local folder: its ``train``/``test``/``validation`` files (``data_dir=``);
+    * a local ``.parquet`` or ``.csv`` file: the ``train`` split alone;
+    * a dict ``{split: path or paths}`` (``data_files=``);
+    * a ``datasets.DatasetDict``, already loaded: returned as it is;
+    * otherwise a hub id (``"imdb"``, ``"ag_news"``, ``"rotten_tomatoes"``, ...).
+
+    A local path wins over a hub id of the same name; a path that does not exist and cannot
+    be a hub id (``./data/imdb``, ``reviews.csv``) is an error naming it.
+    """
+    if type(source).__name__ == "DatasetDict":
+        return source
+    if isinstance(source, Mapping):
+        return text_classification(data_files=source, cache_dir=cache_dir)
+    if not isinstance(source, (str, os.PathLike)):
+        raise MtlzooError(
+            "a text source is a folder, a file, a dict of split files or a hub id, got "
+            f"{type(source).__name__}"
+        )
+    path = Path(source)
+    if path.is_dir():
+        return text_classification(data_dir=path, cache_dir=cache_dir)
+    if path.is_file():
+        return text_classification(data_files={"train": os.fspath(path)}, cache_dir=cache_dir)
+    text = os.fspath(source)
+    if isinstance(source, os.PathLike) or not _HUB_ID.fullmatch(text) or (
+        Path(text).suffix.lower() in _FORMATS
+    ):
+        raise MtlzooError(f"text source {text!r}: no such folder or file")
+    return text_classification(text, cache_dir=cache_dir)
 
 
 def num_classes(data) -> int:
@@ -152,25 +199,33 @@ def num_classes(data) -> int:
     return int(largest) + 1
 
 
+def class_names(data) -> tuple[str, ...]:
+    """The class names of a ``DatasetDict`` (or ``Dataset``) with a ``label`` column, in id
+    order: its ``ClassLabel``'s names, else the ids as text (``"0"``, ``"1"``, ...)."""
+    for dataset in _splits(data, "class_names").values():
+        feature = dataset.features.get("label")
+        if type(feature).__name__ == "ClassLabel":
+            return tuple(feature.names)
+    return tuple(str(k) for k in range(num_classes(data)))
+
+
 # --------------------------------------------------------------------------- loading
 
 
-def _canonical_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise MtlzooError(f"name must be a dataset name such as 'imdb', got {name!r}")
-    canonical = _ALIASES.get(name.lower())
-    if canonical is None:
+def _resolve(name: object) -> tuple[str | None, str]:
+    """``(canonical name or None, hub id)`` of a dataset name."""
+    if not isinstance(name, str) or not _HUB_ID.fullmatch(name):
         raise MtlzooError(
-            f"unknown text dataset {name!r}; known: {sorted(_ALIASES)}."
-            + suggest(name.lower(), _ALIASES)
-            + " Other data loads from local files with data_dir= or data_files=."
+            f"name must be a hub id such as 'imdb' or 'owner/dataset', got {name!r}"
         )
-    return canonical
+    canonical = _ALIASES.get(name.lower())
+    return canonical, HUB_IDS[canonical] if canonical else name
 
 
 def _layout_hint(canonical: str | None, text_column: str, label_column: str) -> str:
     classes = (
-        f"an integer in 0..{NUM_CLASSES[canonical] - 1}" if canonical else "a non-negative integer"
+        f"an integer in 0..{NUM_CLASSES[canonical] - 1}" if canonical
+        else "a class id or name"
     )
     return (
         "pass data_dir= a folder holding train.parquet and test.parquet (or .csv; "
@@ -179,16 +234,49 @@ def _layout_hint(canonical: str | None, text_column: str, label_column: str) -> 
     )
 
 
-def _load_hub(canonical: str, cache: str | None, text_column: str, label_column: str):
-    import datasets
+def hub_reachable(timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the hub's host answers within ``timeout`` seconds (True behind a proxy,
+    which this cannot tell)."""
+    import socket
+    from urllib.parse import urlparse
 
-    hub_id = HUB_IDS[canonical]
+    from huggingface_hub import constants
+
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        return datasets.load_dataset(hub_id, cache_dir=cache)
-    except OSError as error:  # ConnectionError (offline, unreachable), not found, ...
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _load_hub(canonical: str | None, hub_id: str, cache: str | None, text_column: str,
+              label_column: str):
+    """The hub's copy of ``hub_id``; a hub that cannot be reached fails at once, or loads
+    from the cache, rather than retrying for half a minute."""
+    import contextlib
+    from unittest import mock
+
+    import datasets
+    from huggingface_hub import constants
+
+    offline = contextlib.ExitStack()
+    if not constants.HF_HUB_OFFLINE and not hub_reachable():
+        # datasets' own offline mode (HF_HUB_OFFLINE), for this call only: the cache or a
+        # quick error; the variable itself is read once, when datasets is imported
+        for module in (constants, datasets.config):
+            offline.enter_context(mock.patch.object(module, "HF_HUB_OFFLINE", True))
+    try:
+        with offline:
+            return datasets.load_dataset(hub_id, cache_dir=cache)
+    except Exception as error:  # ConnectionError (offline, unreachable), not found, ...
+        close = [] if canonical else difflib.get_close_matches(hub_id.lower(), _ALIASES, 1)
         raise DataLoadError(
-            f"could not load {hub_id!r} from the Hugging Face hub "
-            f"({type(error).__name__}: {error})",
+            f"could not load {hub_id!r} from the Hugging Face hub ({_short(error)})"
+            + (f"; did you mean {close[0]!r}?" if close else ""),
             "Without a network (or with HF_HUB_OFFLINE set), download the data elsewhere and "
             + _layout_hint(canonical, text_column, label_column),
         ) from error
@@ -402,10 +490,55 @@ def _first_row(mask) -> int:
     return pc.index(mask, True).as_py()
 
 
+def _unlabelled(dataset, label_column: str) -> bool:
+    """Whether every label of a split is the hub's unlabelled mark, -1."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if label_column not in dataset.column_names or not len(dataset):
+        return False
+    labels = dataset.with_format("arrow")[label_column]
+    if not pa.types.is_integer(labels.type) or labels.null_count:
+        return False
+    extremes = pc.min_max(labels)
+    return extremes["min"].as_py() == extremes["max"].as_py() == _UNLABELLED
+
+
+def _label_names(splits: dict, canonical: str | None, label_column: str,
+                 sources: dict[str, list[str]]) -> tuple[str, ...] | None:
+    """The class names of labels given as names (strings): a known dataset's, else every
+    name found in any split, sorted; ``None`` for integer labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kinds, found = {}, set()
+    for split, dataset in splits.items():
+        if label_column not in dataset.column_names:
+            continue  # _standardise names the missing column
+        labels = dataset.with_format("arrow")[label_column]
+        kinds[split] = pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)
+        if kinds[split]:
+            found.update(v for v in pc.unique(labels).to_pylist() if v is not None)
+    if not any(kinds.values()):
+        return None
+    if not all(kinds.values()):
+        def where(named: bool) -> str:
+            return ", ".join(f"split {split!r}{_read_from(sources.get(split))}"
+                             for split, kind in kinds.items() if kind == named)
+
+        raise MtlzooError(
+            f"labels in column {label_column!r} are class names (strings) in {where(True)} "
+            f"but class ids (numbers) in {where(False)}; give every split's labels one way"
+        )
+    return CLASS_NAMES[canonical] if canonical else tuple(sorted(found))
+
+
 def _standardise(dataset, split: str, canonical: str | None, text_column: str,
-                 label_column: str, paths: list[str] | None = None):
-    """Exactly ``text`` (str) and ``label`` (int64), validated; errors name ``paths``, the
-    local files the split was read from."""
+                 label_column: str, paths: list[str] | None = None,
+                 names: tuple[str, ...] | None = None):
+    """Exactly ``text`` (str) and ``label`` (int64, or a ``ClassLabel``), validated; labels
+    given as class ``names`` become their ids; errors name ``paths``, the local files the
+    split was read from."""
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -455,10 +588,18 @@ def _standardise(dataset, split: str, canonical: str | None, text_column: str,
             f"{label_column!r} (first: row {_first_row(pc.is_null(labels))}, counting from 0)"
             + source
         )
+    if names is not None:
+        unknown = pc.filter(labels, pc.invert(pc.is_in(labels, pa.array(names))))
+        if len(unknown):
+            raise MtlzooError(
+                f"split {split!r}: label {unknown[0].as_py()!r} in column {label_column!r} "
+                f"is not a class of {canonical or 'this dataset'} ({', '.join(names)}){source}"
+            )
+        return dataset.cast_column("label", datasets.ClassLabel(names=list(names)))
     if not pa.types.is_integer(labels.type):
         raise MtlzooError(
-            f"split {split!r}: label column {label_column!r} must hold integers (class ids "
-            f"0..K-1), got {labels.type}{source}"
+            f"split {split!r}: label column {label_column!r} must hold class ids (integers "
+            f"0..K-1) or class names (strings), got {labels.type}{source}"
         )
     feature = dataset.features["label"]
     class_label = feature if isinstance(feature, datasets.ClassLabel) else None
