@@ -4,6 +4,11 @@ Training data is a ``datasets.Dataset`` (one split), a dict of equal-length tens
 re-iterable of dict batches (a ``DataLoader``). A batch is a dict: the input under the
 trainer's ``input_key``, labels under each task's name (or its ``label_keys`` entry),
 optionally ``<task>_mask`` (True where labelled) and per-row weights under ``weight_key``.
+
+Batching of data the trainer batches itself (``BATCHING``): ``"shuffle"`` cuts each pass's
+permutation into batches; ``"by_length"`` (token ids) sorts the rows of each window of
+``WINDOW_BATCHES`` batches by length, shuffles the order of the pass's batches and trims
+every batch to its longest row, so that a batch of short texts costs short texts.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from torch import Tensor
 from mtlzoo.errors import MtlzooError
 
 Batch = dict[str, Tensor]
+
+BATCHING = ("shuffle", "by_length")
+WINDOW_BATCHES = 50  # "by_length": the batches whose rows are sorted together
+LENGTH_CHUNK_ROWS = 8192  # rows of token ids read at a time to measure their lengths
+PAD_ID = 0
 
 
 class Batches:
@@ -39,9 +49,16 @@ class Batches:
 
 class IndexedBatches(Batches):
     """Rows fetched by index from a ``datasets.Dataset`` or a dict of tensors; each pass is
-    a permutation drawn from ``(seed, pass_id)`` alone, so any pass can be replayed."""
+    a permutation drawn from ``(seed, pass_id)`` alone, so any pass can be replayed.
 
-    def __init__(self, data, batch_size: int, shuffle: bool, seed: int) -> None:
+    With ``length_key`` (``batching="by_length"``) the rows are batched by the length of
+    their token ids in that column: a shuffled pass sorts each window of
+    ``WINDOW_BATCHES`` batches by length and shuffles the order of all its batches (from
+    the same generator); an unshuffled one (evaluation) is sorted by length throughout.
+    Every batch's ``length_key`` column is trimmed to its longest row."""
+
+    def __init__(self, data, batch_size: int, shuffle: bool, seed: int,
+                 length_key: str | None = None, name: str = "the data") -> None:
         if isinstance(data, Mapping):
             self.rows = _common_length(data)
             self.fetch = lambda index: {key: value[index] for key, value in data.items()}
@@ -50,6 +67,8 @@ class IndexedBatches(Batches):
             self.rows = len(torch_data)
             self.fetch = lambda index: torch_data[index.tolist()]
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.length_key = length_key
+        self.lengths = None if length_key is None else token_lengths(data, length_key, name)
 
     def __len__(self) -> int:
         return -(-self.rows // self.batch_size)
@@ -58,13 +77,69 @@ class IndexedBatches(Batches):
         return {"rows": self.rows, "batch_size": self.batch_size}
 
     def passes(self, pass_id: int, skip: int = 0) -> Iterator[Batch]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_id)
-            order = torch.randperm(self.rows, generator=generator)
-        else:
-            order = torch.arange(self.rows)
-        for index in order.split(self.batch_size)[skip:]:
-            yield self.fetch(index)
+        for index in self._batch_rows(pass_id)[skip:]:
+            batch = self.fetch(index)
+            if self.lengths is not None:
+                width = max(int(self.lengths[index].max()), 1)  # an all-pad row reads one pad
+                batch[self.length_key] = batch[self.length_key][:, :width]
+            yield batch
+
+    def _batch_rows(self, pass_id: int) -> list[Tensor]:
+        """The row numbers of each batch of pass ``pass_id``, in the order they come."""
+        if not self.shuffle:
+            order = (torch.arange(self.rows) if self.lengths is None
+                     else self.lengths.sort(stable=True).indices)
+            return list(order.split(self.batch_size))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_id)
+        order = torch.randperm(self.rows, generator=generator)
+        if self.lengths is None:
+            return list(order.split(self.batch_size))
+        windows = order.split(WINDOW_BATCHES * self.batch_size)
+        batches = [batch for window in windows
+                   for batch in window[self.lengths[window].sort(stable=True).indices]
+                   .split(self.batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+def token_lengths(data, key: str, name: str) -> Tensor:
+    """The length of each row's token ids in column ``key`` of a ``datasets.Dataset`` or a
+    dict of tensors: its ids up to the last non-pad one (the count of non-pad ids, since
+    rows are right-padded with ``PAD_ID``); (rows,) int64. Read ``LENGTH_CHUNK_ROWS``
+    rows at a time; ``MtlzooError`` unless the column holds a 2-D integer tensor."""
+    columns = list(data) if isinstance(data, Mapping) else data.column_names
+    if key not in columns:
+        raise MtlzooError(
+            f"{name} has no input column {key!r} (columns: {sorted(columns)}); set "
+            "Trainer(input_key=...)"
+        )
+    if isinstance(data, Mapping):
+        column, rows = data[key], len(data[key])
+    else:  # one column, formatted a chunk at a time (through any indices mapping)
+        column, rows = data.with_format("torch", columns=[key]), len(data)
+
+    def chunk(start: int) -> object:
+        ids = column[start:start + LENGTH_CHUNK_ROWS]
+        return ids if isinstance(data, Mapping) else ids[key]
+
+    lengths = [_extent(chunk(start), key, name) for start in range(0, rows, LENGTH_CHUNK_ROWS)]
+    return torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.int64)
+
+
+def _extent(ids: object, key: str, name: str) -> Tensor:
+    """Per row of token ids (b, l): the position after its last non-pad id, (b,) int64."""
+    integer = (isinstance(ids, Tensor) and ids.dim() == 2 and not ids.is_floating_point()
+               and not ids.is_complex() and ids.dtype != torch.bool)
+    if not integer:
+        found = (f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, Tensor)
+                 else type(ids).__name__)
+        raise MtlzooError(
+            f"batching='by_length' needs {name}'s input column {key!r} to be a 2-D integer "
+            f"tensor of token ids (rows, length), got {found}"
+        )
+    if ids.shape[1] == 0:
+        return torch.zeros(len(ids), dtype=torch.int64)
+    positions = torch.arange(1, ids.shape[1] + 1)
+    return ((ids != PAD_ID) * positions).amax(dim=1)
 
 
 class IterableBatches(Batches):
@@ -101,8 +176,10 @@ class IterableBatches(Batches):
             yield dict(batch)
 
 
-def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int) -> Batches:
-    """Wrap user data; ``name`` says what it is in error messages."""
+def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int,
+               length_key: str | None = None) -> Batches:
+    """Wrap user data; ``name`` says what it is in error messages. ``length_key``: batch by
+    the length of the token ids in that column (``IndexedBatches``)."""
     if _is_dataset_dict(data):
         raise MtlzooError(
             f"{name} is a DatasetDict with splits {list(data)}; pass one split, e.g. data['train']"
@@ -110,8 +187,14 @@ def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int) -> Ba
     if (isinstance(data, Mapping) and all(isinstance(v, Tensor) for v in data.values())) or (
         _is_dataset(data)
     ):
-        source: Batches = IndexedBatches(data, batch_size, shuffle, seed)
+        source: Batches = IndexedBatches(data, batch_size, shuffle, seed, length_key, name)
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping, Tensor)):
+        if length_key is not None:
+            raise MtlzooError(
+                f"batching='by_length' applies to data the trainer batches itself (a "
+                f"datasets.Dataset or a dict of tensors); {name} is a {type(data).__name__}: "
+                "order its batches yourself, or use batching='shuffle'"
+            )
         source = IterableBatches(data, name)
     else:
         raise MtlzooError(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mtlzoo import _checks
+from mtlzoo.data.batches import BATCHING
 from mtlzoo.data.schedule import SAMPLING
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.tasks import Task
@@ -40,6 +41,7 @@ class Options:
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
     batch_size: int = 256
+    batching: str = "shuffle"
     sampling: str = "round_robin"
     temperature: float = 2.0
     input_key: str | tuple[str, ...] = "x"
@@ -55,6 +57,7 @@ class Options:
         _checks.choice("lr_schedule", self.lr_schedule, tuple(LR_SCHEDULES))
         _checks.real("weight_decay", self.weight_decay)
         _checks.positive_int("batch_size", self.batch_size)
+        _checks.choice("batching", self.batching, BATCHING)
         if self.sampling not in SAMPLING:
             raise MtlzooError(
                 f"unknown sampling {self.sampling!r}.{suggest(str(self.sampling), SAMPLING)} "
@@ -70,6 +73,11 @@ class Options:
             _checks.name("input_key", key)
         object.__setattr__(self, "input_key", keys[0] if isinstance(self.input_key, str)
                            else tuple(keys))
+        if self.batching == "by_length" and not isinstance(self.input_key, str):
+            raise MtlzooError(
+                f"batching='by_length' sorts by the length of one column of token ids; "
+                f"input_key names several, {list(self.input_key)}"
+            )
         _checks.name("weight_key", self.weight_key)
         _checks.mapping("label_keys", self.label_keys, "a dict task -> column")
         for task, column in self.label_keys.items():

@@ -59,7 +59,13 @@ class Trainer:
     lr decayed from ``lr`` to 0 over the steps each ``fit`` plans to take (``epochs`` times
     the steps of an epoch, or ``steps``): lr(s) = lr (1 + cos(pi s / n)) / 2 at step s of
     n. It is a function of the step alone, so a resumed run (the same ``fit`` arguments)
-    follows it exactly. Every option is checked here, before anything runs.
+    follows it exactly. ``batching`` (data the trainer batches itself): ``"shuffle"``, or
+    ``"by_length"`` for token ids (``input_key`` one 2-D integer column, right-padded with
+    0): each pass sorts the rows of every window of ``WINDOW_BATCHES`` (50) shuffled
+    batches by length, shuffles the order of the batches and trims each batch to its
+    longest row; evaluation runs sorted by length, trimmed. A BiLSTM ``TextEncoder`` then
+    reads a batch's real tokens, not its padding (docs/training.md, "Length-aware
+    batching"). Every option is checked here, before anything runs.
 
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
     >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
@@ -77,6 +83,7 @@ class Trainer:
         lr_schedule: str = "constant",
         weighting_options: Mapping | None = None,
         batch_size: int = 256,
+        batching: str = "shuffle",
         sampling: str = "round_robin",
         temperature: float = 2.0,
         input_key: str | Sequence[str] = "x",
@@ -91,7 +98,8 @@ class Trainer:
             raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
         self.options = Options(
             lr=lr, lr_schedule=lr_schedule, weight_decay=weight_decay, batch_size=batch_size,
-            sampling=sampling, temperature=temperature, input_key=input_key, weight_key=weight_key,
+            batching=batching, sampling=sampling, temperature=temperature, input_key=input_key,
+            weight_key=weight_key,
             label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
             seed=seed, progress=progress, device=device,
         )
@@ -160,7 +168,7 @@ class Trainer:
         epoch's end the weights of the best epoch are restored (``best_epoch``).
 
         An epoch ends when its data ends. A run resumed mid-epoch must see the data it was
-        saved with (rows, batch size, seed, sampling); otherwise ``MtlzooError`` says what
+        saved with (rows, batch size, batching, seed, sampling); otherwise ``MtlzooError`` says what
         changed. At an epoch boundary other data is taken, with a warning. Every argument
         is checked before anything changes."""
         if (epochs is None) == (steps is None):
@@ -173,6 +181,7 @@ class Trainer:
         if early_stopping is not None:
             self._check_early_stopping(early_stopping, eval)
         schedule = self._schedule(train)
+        eval_sources = None if eval is None else self._eval_sources(eval)
         changed = self._check_data(schedule)
         if checkpoint is not None:
             checkpoint = check_writable(checkpoint)
@@ -204,8 +213,8 @@ class Trainer:
         planned = limit * schedule.steps_per_epoch() if by_epochs else limit
         try:
             goal = ("epochs" if by_epochs else "steps", limit)
-            for event in self._run(schedule, eval, stop_reason, bool(early_stopping), planned,
-                                   goal):
+            for event in self._run(schedule, eval_sources, stop_reason, bool(early_stopping),
+                                   planned, goal):
                 every = checkpoint_every and self.state.step % checkpoint_every == 0
                 if checkpoint is not None and (event != "step" or every):
                     self.save(checkpoint)
@@ -221,7 +230,7 @@ class Trainer:
             self.model.load_state_dict(stopping.weights)
         return self.history
 
-    def _run(self, schedule, eval, stop_reason: Callable[[], str | None], early: bool,
+    def _run(self, schedule, eval_sources, stop_reason: Callable[[], str | None], early: bool,
              planned: int, goal: tuple[str, int] | None = None) -> Iterator[str]:
         """Train until ``stop_reason()``; yields ``"step"`` after every step, ``"epoch"``
         after every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint).
@@ -259,7 +268,7 @@ class Trainer:
                 yield "step"
             bar.close()
             trained = time.perf_counter() - epoch_start
-            self._end_epoch(eval, early)
+            self._end_epoch(eval_sources, early)
             if progress:
                 self._report(schedule, goal, rows / trained if trained > 0 else float("inf"),
                              early, (time.perf_counter() - run_start)
@@ -273,9 +282,10 @@ class Trainer:
             sums.weight += weight
             sums.steps += 1
 
-    def _end_epoch(self, eval, early: bool) -> None:
-        """Close the epoch: the weighting's epoch end, the history row (with ``eval``'s
-        metrics), and with ``early`` stopping the record of the best epoch."""
+    def _end_epoch(self, eval_sources, early: bool) -> None:
+        """Close the epoch: the weighting's epoch end, the history row (with the metrics
+        of ``eval_sources``, from ``_eval_sources``), and with ``early`` stopping the
+        record of the best epoch."""
         state = self.state
         self.weighting.epoch_end({name: s.loss / s.steps for name, s in state.epoch_sums.items()
                                   if s.steps})
@@ -283,8 +293,8 @@ class Trainer:
         for name, sums in state.epoch_sums.items():
             row[f"{name}/train_loss"] = sums.loss / sums.steps
             row[f"{name}/weight"] = sums.weight / sums.steps
-        if eval is not None:
-            for name, metrics in self.evaluate(eval).iterrows():
+        if eval_sources is not None:
+            for name, metrics in self._evaluate(eval_sources).iterrows():
                 row.update({f"{name}/{key}": _plain(value) for key, value in metrics.items()})
         if early:
             column = state.stopping.column
@@ -324,17 +334,21 @@ class Trainer:
 
     # --- evaluation -----------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, data):
         """Per-task metrics over the whole of ``data`` (joint, or a dict task -> data), as a
         DataFrame indexed by task: ``rows`` labelled, ``loss``, and the task kind's metrics
         (``mtlzoo.metrics.task_metrics``)."""
+        return self._evaluate(self._eval_sources(data))
+
+    @torch.no_grad()
+    def _evaluate(self, sources):
+        """``evaluate`` on the sources ``_eval_sources`` made."""
         import pandas as pd
 
         was_training = self.model.training
         self.model.eval()
         collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
-        for task_name, source in self._eval_sources(data):
+        for task_name, source in sources:
             for batch in source.passes(0):
                 out = self.model(self.reader.inputs(batch), tasks=task_name and [task_name])
                 for name, logits in out.logits.items():
@@ -467,12 +481,15 @@ class Trainer:
         return TaskSchedule(sources, options.sampling, options.temperature, options.seed)
 
     def _signature(self, schedule: JointSchedule | TaskSchedule) -> dict:
-        return {"seed": self.options.seed, **schedule.signature()}
+        return {"seed": self.options.seed, "batching": self.options.batching,
+                **schedule.signature()}
 
     def _check_data(self, schedule: JointSchedule | TaskSchedule) -> str | None:
         """Mid-epoch, the data must be that of the steps taken (``MtlzooError`` otherwise);
         returns what differs when a loaded run starts an epoch on other data, else None."""
         saved, now = self.state.data, self._signature(schedule)
+        if saved is not None and "batching" not in saved:  # saved before batching= existed
+            saved = {**saved, "batching": "shuffle"}
         if saved is None or saved == now:
             return None
         changes = "; ".join(_differences(saved, now))
@@ -480,7 +497,8 @@ class Trainer:
             raise MtlzooError(
                 f"the run stopped after {self.state.position.steps} steps of epoch "
                 f"{self.state.epoch + 1} on other data than this: {changes}. Resume with the "
-                "data, batch_size, seed and sampling it was saved with, or start afresh"
+                "data, batch_size, batching, seed and sampling it was saved with, or start "
+                "afresh"
             )
         return changes if self._resumed else None
 
@@ -495,8 +513,9 @@ class Trainer:
         ]
 
     def _source(self, data, what: str, shuffle: bool, offset: int = 0):
-        return as_batches(data, what, self.options.batch_size, shuffle,
-                          self.options.seed + 7919 * offset)
+        options = self.options
+        return as_batches(data, what, options.batch_size, shuffle, options.seed + 7919 * offset,
+                          options.input_key if options.batching == "by_length" else None)
 
     def _check_task(self, name: str, where: str) -> None:
         if name not in self.tasks:
