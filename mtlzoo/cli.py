@@ -4,6 +4,8 @@
     mtlzoo train --model mmoe --data synthetic --weighting uncertainty --epochs 3
     mtlzoo train --model mmoe --checkpoint run.pt  resumes from run.pt when it exists
     mtlzoo train --recipe imdb-agnews [--data-dir DIR]   sentiment + topic over one BiLSTM
+    mtlzoo train --recipe text-pair --task sentiment=DIR --task topic=DIR   any two corpora
+    mtlzoo train --recipe imdb-agnews --compare-single-task --seeds 3   does sharing help?
     mtlzoo demo                   the synthetic suite at demo size: every architecture compared
     mtlzoo bench quality --suite synthetic|census [--size demo|full] [--weightings equal,dwa]
     mtlzoo bench quality --suite census --peers   the peers' MMoE, PLE, shared-bottom beside ours
@@ -33,11 +35,12 @@ from pathlib import Path
 
 import mtlzoo
 from mtlzoo.bench.report import RESULTS
+from mtlzoo.data.batches import BATCHING
 from mtlzoo.encoders.text import POOLINGS
 from mtlzoo.errors import DataLoadError
 
 DATA = ("synthetic",)
-RECIPES = ("imdb-agnews",)
+RECIPES = ("text-pair", "imdb-agnews")
 OUT_HELP = (
     "where results go (default ./results; a grid resumes from the rows already there; "
     "--out benchmarks/results updates the committed tables)"
@@ -77,7 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=mtlzoo.list_models())
     train.add_argument("--data", choices=DATA, help="default synthetic")
     train.add_argument("--recipe", choices=RECIPES, help="a published set-up, end to end")
-    train.add_argument("--data-dir", help="the recipe's local files (imdb/ and ag_news/)")
+    train.add_argument(
+        "--task", action="append", metavar="NAME=SOURCE",
+        help="text-pair: a task and its data, a folder of train/test files, one .parquet or "
+             ".csv file, or a hub id; repeat for each task (default sentiment=imdb "
+             "topic=ag_news)",
+    )
+    train.add_argument("--data-dir",
+                       help="recipe: a folder holding imdb/ and ag_news/ (local files)")
     train.add_argument("--cache-dir", help="the datasets cache for the recipe's data")
     train.add_argument("--max-vocab", type=_positive_int, help="recipe: words kept")
     train.add_argument("--max-length", type=_positive_int, help="recipe: tokens kept a text")
@@ -85,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden-size", type=_positive_int, help="recipe: the BiLSTM's width")
     train.add_argument("--pooling", choices=POOLINGS,
                        help="recipe: how the encoder pools the sequence")
+    train.add_argument("--batching", choices=BATCHING,
+                       help="recipe: by_length batches texts of similar length together")
+    train.add_argument("--steps", type=_positive_int,
+                       help="recipe: train this many steps instead of --epochs")
     train.add_argument(
         "--compare-single-task", action="store_true", default=None,
         help="recipe: train it and its single-task baseline (the same layers, nothing "
@@ -194,9 +208,10 @@ def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
 SYNTHETIC_OPTIONS = {"model": None, "data": "synthetic", "checkpoint": None, "force": False,
                      "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
                      "lr": 1e-3, "seed": 0}
-RECIPE_OPTIONS = ("data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
-                  "hidden_size", "pooling", "compare_single_task", "seeds")
-RECIPE_SIZES = ("max_vocab", "max_length", "embedding_dim", "hidden_size", "pooling")
+RECIPE_OPTIONS = ("task", "data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
+                  "hidden_size", "pooling", "batching", "steps", "compare_single_task", "seeds")
+RECIPE_SIZES = ("max_vocab", "max_length", "embedding_dim", "hidden_size", "pooling",
+                "batching", "steps")
 SHARED_OPTIONS = ("epochs", "batch_size", "lr", "seed")
 
 
@@ -297,28 +312,8 @@ def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer
     return trainer
 
 
-def _compare_single_task(run, first_seed: int, seeds: int) -> str:
-    """The recipe (multi-task) and its single-task baseline on each seed; per task, the
-    test accuracy's mean and standard deviation over the seeds, and multi minus single."""
-    import pandas as pd
-
-    from mtlzoo.recipes import ARCHITECTURES
-
-    rows = []
-    for seed in range(first_seed, first_seed + seeds):
-        for architecture in ARCHITECTURES:
-            table = run(seed=seed, architecture=architecture)
-            rows += [{"task": task, "architecture": architecture, "seed": seed,
-                      "accuracy": accuracy} for task, accuracy in table.accuracy.items()]
-    runs = pd.DataFrame(rows)
-    grouped = runs.groupby(["task", "architecture"], sort=False).accuracy
-    summary = pd.DataFrame({
-        "multi_task": grouped.mean().xs("shared_bottom", level="architecture"),
-        "multi_std": grouped.std().xs("shared_bottom", level="architecture"),
-        "single_task": grouped.mean().xs("single_task", level="architecture"),
-        "single_std": grouped.std().xs("single_task", level="architecture"),
-    })
-    summary["difference"] = summary.multi_task - summary.single_task
+def _comparison(summary, first_seed: int, seeds: int) -> str:
+    """The multi-task vs single-task table, with the setting it measures."""
     return (f"Test accuracy over {seeds} seed(s) ({first_seed}..{first_seed + seeds - 1}): "
             "multi-task (one shared Embedding + BiLSTM and hidden layer, each task's batches "
             "training it and its own head) against single-task (the same layers, each task "
@@ -420,43 +415,77 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from mtlzoo.recipes import imdb_agnews
+    from mtlzoo import recipes
 
     defaults = {name: parameter.default
-                for name, parameter in inspect.signature(imdb_agnews).parameters.items()}
+                for name, parameter in inspect.signature(recipes.text_pair).parameters.items()}
     given = {name: getattr(args, name) for name in (*SHARED_OPTIONS, *RECIPE_SIZES)
              if getattr(args, name) is not None}
     options = {name: given.get(name, defaults[name])
                for name in (*SHARED_OPTIONS, *RECIPE_SIZES)
-               if name in given or name in SHARED_OPTIONS}
+               if name in given or defaults[name] is not None}
+    if "steps" in options:
+        del options["epochs"]
     if args.seeds is not None and not args.compare_single_task:
         raise mtlzoo.MtlzooError("--seeds is for --compare-single-task (one run takes --seed)")
-    where = args.data_dir or "the Hugging Face hub"
-    print(f"IMDb sentiment + AG News topic over one Embedding + BiLSTM, data from {where}; "
+    tasks = _recipe_tasks(args)
+    print(f"{' + '.join(f'{name} ({source})' for name, source in tasks.items())} over one "
+          f"Embedding + BiLSTM; weighting {args.weighting}, "
           + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in options.items())
           + ".", file=sys.stderr)
     import datasets
 
     datasets.disable_progress_bars()  # the trainer's epoch lines report progress instead
-    def run(**changes):
-        return imdb_agnews(args.data_dir, weighting=args.weighting, cache_dir=args.cache_dir,
-                           progress=not args.quiet, **{**options, **changes})[1]
-
+    common = {"weighting": args.weighting, "cache_dir": args.cache_dir,
+              "progress": not args.quiet, **options}
     try:
         if args.compare_single_task:
-            print(_compare_single_task(run, options["seed"], args.seeds or 3))
+            seeds = args.seeds or 3
+            first = common.pop("seed")
+            summary, _ = recipes.compare_single_task(tasks, seeds=seeds, seed=first, **common)
+            print(_comparison(summary, first, seeds))
             return 0
-        table = run()
+        _, table = recipes.text_pair(tasks, **common)
     except DataLoadError as error:
         raise mtlzoo.MtlzooError(
-            f"{error.problem}. Give the data with --data-dir DIR, where DIR/imdb/ and "
-            "DIR/ag_news/ each hold a train and a test file (.parquet or .csv; validation "
-            "optional) with a 'text' column and an integer 'label' column"
+            f"{error.problem}. Give the data as local files: --task NAME=DIR, where DIR holds "
+            "a train and a test file (.parquet or .csv; validation optional) with a 'text' "
+            "column and a 'label' column (class ids or names), or --data-dir DIR with imdb/ "
+            "and ag_news/ folders of such files"
         ) from error
     print(_metrics_table(table))
-    print(f"\nsentiment accuracy {table.loc['sentiment', 'accuracy']:.4f}, "
-          f"topic accuracy {table.loc['topic', 'accuracy']:.4f}")
+    print("\n" + ", ".join(f"{task} accuracy {accuracy:.4f}"
+                           for task, accuracy in table.accuracy.items()))
     return 0
+
+
+def _recipe_tasks(args: argparse.Namespace) -> dict[str, str]:
+    """The recipe's tasks and sources: --task NAME=SOURCE, or the default pair (under
+    --data-dir when given)."""
+    from mtlzoo.recipes import DEFAULT_TASKS
+
+    if args.task:
+        if args.recipe != "text-pair":
+            raise mtlzoo.MtlzooError(f"--task is for --recipe text-pair; --recipe {args.recipe} "
+                                     "reads IMDb and AG News")
+        if args.data_dir:
+            raise mtlzoo.MtlzooError("--data-dir is for the default pair; with --task give each "
+                                     "task's folder in SOURCE")
+        tasks = {}
+        for spec in args.task:
+            name, equals, source = spec.partition("=")
+            if not equals or not name or not source:
+                raise mtlzoo.MtlzooError(f"--task takes NAME=SOURCE, got {spec!r}")
+            if name in tasks:
+                raise mtlzoo.MtlzooError(f"--task {name} is given twice")
+            tasks[name] = source
+        if len(tasks) < 2:
+            raise mtlzoo.MtlzooError(f"a multi-task recipe needs two --task or more, got "
+                                     f"{list(tasks)}")
+        return tasks
+    if args.data_dir:
+        return {task: str(Path(args.data_dir) / name) for task, name in DEFAULT_TASKS.items()}
+    return dict(DEFAULT_TASKS)
 
 
 if __name__ == "__main__":

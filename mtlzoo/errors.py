@@ -16,7 +16,7 @@ class DataLoadError(MtlzooError):
 
     def __init__(self, problem: str, python_hint: str = "") -> None:
         super().__init__(f"{problem}. {python_hint}" if python_hint else problem)
-        self.problem = problem
+        self.problem, self.hint = problem, python_hint
 
 
 def suggest(name: str, known: Iterable[str]) -> str:

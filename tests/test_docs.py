@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_examples_run(page, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     # an example may register a model: keep it out of the registry the other tests see
     monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
     monkeypatch.setattr(_registry, "_ALIASES", dict(_registry._ALIASES))

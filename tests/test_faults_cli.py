@@ -283,9 +283,9 @@ def test_the_recipe_takes_its_defaults_from_the_recipe_function(tmp_path, capsys
     import inspect
 
     from mtlzoo import cli
-    from mtlzoo.recipes import imdb_agnews
+    from mtlzoo.recipes import text_pair
 
-    defaults = inspect.signature(imdb_agnews).parameters
+    defaults = inspect.signature(text_pair).parameters
     assert cli.main(["train", "--recipe", "imdb-agnews", "--data-dir", str(tmp_path / "nope"),
                      "--quiet"]) == 1
     err = capsys.readouterr().err
@@ -298,8 +298,9 @@ def test_the_recipe_takes_its_defaults_from_the_recipe_function(tmp_path, capsys
 
 
 def test_recipe_data_errors_speak_the_command_line(tmp_path, monkeypatch, capsys):
-    """Offline without --data-dir, or with a wrong one: one line in CLI terms (--data-dir
-    DIR with imdb/ and ag_news/), not the Python API's data_dir=/data_files= hint."""
+    """Offline without local data: one line in CLI terms (--task NAME=DIR, --data-dir DIR
+    with imdb/ and ag_news/), not the Python API's data_dir=/data_files= hint; a wrong
+    --data-dir names the folder it looked for."""
     import datasets
 
     from mtlzoo import cli
@@ -308,11 +309,16 @@ def test_recipe_data_errors_speak_the_command_line(tmp_path, monkeypatch, capsys
         raise ConnectionError("Couldn't reach 'stanfordnlp/imdb' on the Hub (offline)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    for extra in ([], ["--data-dir", str(tmp_path / "nope")]):
-        assert cli.main(["train", "--recipe", "imdb-agnews", "--quiet", *extra]) == 1
+    for recipe in ("imdb-agnews", "text-pair"):
+        assert cli.main(["train", "--recipe", recipe, "--quiet"]) == 1
         err = capsys.readouterr().err.splitlines()[-1]
-        assert err.startswith("mtlzoo: error: ")
-        assert "--data-dir DIR, where DIR/imdb/ and DIR/ag_news/" in err
+        assert err.startswith("mtlzoo: error: task 'sentiment': could not load")
+        assert "--task NAME=DIR" in err and "--data-dir DIR with imdb/ and ag_news/" in err
         assert "data_files=" not in err and "Traceback" not in err
+    assert cli.main(["train", "--recipe", "imdb-agnews", "--quiet", "--data-dir",
+                     str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (f"mtlzoo: error: task 'sentiment': text source "
+                   f"{str(tmp_path / 'nope' / 'imdb')!r}: no such folder or file")
     with pytest.raises(mtlzoo.MtlzooError, match="data_files="):  # the API keeps its terms
         mtlzoo.data.text.text_classification("imdb")

@@ -57,8 +57,9 @@ def test_the_recipe_learns_both_tasks_above_chance(recipe_data):
     assert table.loc["sentiment", "rows"] == 80 and table.loc["topic", "rows"] == 80
     model = trainer.model
     # the tokenizer travels with the model: raw text in, logits out
-    logits = model(["a wonderful superb film"], tasks=["sentiment"]).logits["sentiment"]
-    assert logits.item() > 0
+    logits = model(["a wonderful superb film", "an awful boring film"],
+                   tasks=["sentiment"]).logits["sentiment"]
+    assert logits[0].item() > logits[1].item()
 
 
 def test_a_task_batch_trains_only_its_own_head(recipe_data):
@@ -143,3 +144,108 @@ def test_a_source_without_validation_gets_one_carved_from_train(recipe_data):
     history = trainer.history
     assert {"sentiment/accuracy", "topic/accuracy"} <= set(history.columns)
     assert len(history) == 2  # every epoch evaluated on the validation split
+
+
+# --- any two corpora: --recipe text-pair ------------------------------------------------
+
+NAMED_TOPICS = {"world": ["election", "senate", "vote"], "sports": ["match", "goal", "season"],
+                "business": ["market", "shares", "profit"], "tech": ["software", "chip", "web"],
+                "arts": ["gallery", "opera", "novel"]}
+
+
+def write_named_topics(path, rows: int = 200) -> None:
+    """One CSV file (train only) whose labels are class names, not ids."""
+    import pandas as pd
+
+    rng = random.Random(1)
+    frame = pd.DataFrame([(text, name) for name, words in NAMED_TOPICS.items()
+                          for text in _texts(rng, words, rows // len(NAMED_TOPICS))],
+                         columns=["text", "label"]).sample(frac=1, random_state=0)
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture
+def pair_data(tmp_path, monkeypatch):
+    """A sentiment folder and a topic CSV file with five named classes; the datasets cache
+    in tmp_path."""
+    import datasets
+
+    write_fixture(tmp_path / "corpora")
+    write_named_topics(tmp_path / "corpora" / "news.csv")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "corpora"
+
+
+def test_text_pair_takes_any_two_corpora_with_their_classes(pair_data, capsys):
+    argv = ["train", "--recipe", "text-pair", "--task", f"sentiment={pair_data / 'imdb'}",
+            "--task", f"topic={pair_data / 'news.csv'}", "--epochs", "3", "--lr", "1e-2",
+            "--batch-size", "16",
+            "--max-length", "16", "--embedding-dim", "16", "--hidden-size", "16"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    # the header names each task's source, classes (from the data, sorted names) and splits
+    assert "topic: from" in captured.err
+    assert "5 classes (arts, business, sports, tech, world)" in captured.err
+    assert "(test carved from train (10%); validation carved from train (10%))" in captured.err
+    assert "2 classes (0, 1)" in captured.err  # integer labels are named by their ids
+    # one line per epoch when stderr is not a terminal, with each task's loss and eval
+    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3 and all("topic/loss=" in line for line in epochs)
+    assert "examples/s" not in captured.err  # no datasets bars
+    accuracies = dict(re.findall(r"(\w+) accuracy (\d\.\d{4})", captured.out))
+    assert float(accuracies["sentiment"]) > 0.7 and float(accuracies["topic"]) > 0.5
+    assert "NaN" not in captured.out
+
+
+def test_text_pair_compares_with_single_task_and_trains_by_steps(pair_data, capsys):
+    argv = ["train", "--recipe", "text-pair", "--task", f"sentiment={pair_data / 'imdb'}",
+            "--task", f"topic={pair_data / 'news.csv'}", "--steps", "6", "--quiet",
+            "--max-length", "16", "--embedding-dim", "8", "--hidden-size", "8",
+            "--compare-single-task", "--seeds", "2"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "steps 6" in captured.err and "epochs" not in captured.err
+    assert "over 2 seed(s) (0..1)" in captured.out
+    assert {line.split()[0] for line in captured.out.splitlines()
+            if line.startswith(("sentiment", "topic"))} == {"sentiment", "topic"}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--task", "sentiment"], "--task takes NAME=SOURCE, got 'sentiment'"),
+    (["--task", "=imdb", "--task", "b=c"], "--task takes NAME=SOURCE, got '=imdb'"),
+    (["--task", "a=x", "--task", "a=y"], "--task a is given twice"),
+    (["--task", "a=x"], "needs two --task or more, got ['a']"),
+    (["--task", "a=x", "--task", "b=y", "--data-dir", "d"], "--data-dir is for the default"),
+    (["--task", "a=./x", "--task", "b=y"], "task 'a': text source './x': no such folder"),
+])
+def test_text_pair_task_errors(extra, message, capsys):
+    assert cli.main(["train", "--recipe", "text-pair", "--quiet", *extra]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_imdb_agnews_reads_its_own_pair(capsys):
+    argv = ["train", "--recipe", "imdb-agnews", "--task", "a=x", "--task", "b=y"]
+    assert cli.main(argv) == 1
+    assert "--task is for --recipe text-pair" in capsys.readouterr().err
+
+
+def test_the_documented_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """docs/recipes.md: its example writes two small corpora, then its console commands run
+    on them exactly as the page gives them."""
+    import shlex
+    from pathlib import Path
+
+    import datasets
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "recipes.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    exec(re.findall(r"```python\n(.*?)```", page, re.DOTALL)[0], {})
+    commands = [line for block in re.findall(r"```console\n(.*?)```", page, re.DOTALL)
+                for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2 and all(c.startswith("mtlzoo train ") for c in commands)
+    for command in commands:
+        assert cli.main(shlex.split(command)[1:]) == 0, command
+    out = capsys.readouterr().out
+    assert re.search(r"sentiment accuracy \d\.\d{4}, topic accuracy \d\.\d{4}", out)
+    assert "over 2 seed(s) (0..1)" in out
