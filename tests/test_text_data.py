@@ -35,6 +35,8 @@ from mtlzoo.data.text import (
 )
 from mtlzoo.tokenizer import WordTokenizer, pad_batch
 
+LOAD_DATASET = datasets.load_dataset
+
 TRAIN = pd.DataFrame({
     "headline": ["Stocks rally on earnings", "Team wins the final", "New chip is fast",
                  "Talks resume in Geneva", "Markets slip", "Striker signs"],
@@ -767,3 +769,22 @@ def test_an_unreachable_hub_fails_in_seconds_not_half_a_minute(tmp_path):
     found, seconds = result.stdout.split()[-2:]
     assert found == "True", result.stdout + result.stderr
     assert float(seconds) < 10, result.stderr
+
+
+def test_a_local_folder_wins_over_the_hub_id_of_its_name(tmp_path, monkeypatch):
+    """As datasets.load_dataset("imdb") itself does: an imdb/ folder in the working
+    directory is read, not the hub (docs/data_text.md)."""
+    asked = []
+
+    def load_dataset(path, *args, **kwargs):
+        asked.append(path)
+        return LOAD_DATASET(path, *args, **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    for split, frame in (("train", TRAIN), ("test", TEST)):
+        write(tmp_path / "imdb", f"{split}.parquet",
+              frame.rename(columns={"headline": "text", "topic": "label"}))
+    data = load_source("imdb", cache_dir=tmp_path / "cache")
+    assert set(asked) == {"parquet"} and list(data) == ["train", "test"]
+    assert num_classes(data) == 4  # not IMDb's 2: the folder's own labels
