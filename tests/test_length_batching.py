@@ -282,3 +282,26 @@ def test_a_missing_input_column_is_named():
     data = {key: value for key, value in joint(64).items() if key != "input_ids"}
     with pytest.raises(MtlzooError, match=r"'input_ids'.*columns"):
         trainer().fit(data, epochs=1)
+
+
+# --- the benchmark -------------------------------------------------------------------------
+
+
+def test_the_benchmark_script_writes_both_sides_tokens_per_second(tmp_path, monkeypatch,
+                                                                  capsys):
+    pd = pytest.importorskip("pandas")
+    from mtlzoo.bench import text_batching
+    from tests.test_bench import script
+
+    for name, value in {"EMBEDDING": 8, "HIDDEN": 8, "BOTTOM": (8,), "MAX_LENGTH": 64}.items():
+        monkeypatch.setattr(text_batching, name, value)
+    # each "fresh process" runs here, so that the tiny model reaches it
+    monkeypatch.setattr(text_batching, "in_fresh_process", lambda function, *args: function(*args))
+    argv = ["--steps", "1", "--processes", "1", "--rows", "300", "--out", str(tmp_path)]
+    assert script("text_batching").main(argv) == 0
+    table = pd.read_csv(tmp_path / "text_batching.csv")
+    assert list(table.batching) == ["shuffle", "by_length"] and (table.tokens_per_s > 0).all()
+    assert table.padding[1] < table.padding[0] / 2
+    assert len(pd.read_csv(tmp_path / "text_batching_runs.csv")) == 2
+    text = (tmp_path / "text_batching.md").read_text()
+    assert "IMDb-like" in text and "--rows 300" in text and text in capsys.readouterr().out
