@@ -32,4 +32,6 @@ Speed: ratios within one run, never timed tests
                         (``mtlzoo bench speed --peers``, the ``[peers]`` extra)
     ``task_gradients``  per-task gradients, one vectorised backward against T backward
                         passes (``benchmarks/task_gradients.py``)
+    ``text_batching``   real tokens/s of the text recipe's model, ``batching="shuffle"``
+                        against ``"by_length"`` (``benchmarks/text_batching.py``)
 """
