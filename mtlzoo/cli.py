@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", type=_positive_int,
                        help="recipe, with --compare-single-task: how many seeds (default 3), "
                             "from --seed on")
+    train.add_argument("--out", help="recipe, with --compare-single-task: also write the "
+                                     "table under this folder (text_pair_compare.md, .csv)")
     train.add_argument("--weighting", default="equal", choices=mtlzoo.list_weightings())
     train.add_argument(
         "--checkpoint", help="save here after every epoch; resume from it when it exists"
@@ -182,7 +184,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
         return _bench(args, command)
     _check_train_options(parser, args)
     if args.recipe:
-        return _recipe(args)
+        return _recipe(args, command)
     if not args.model:
         parser.error("train needs --model (or --recipe)")
     return _train(args)
@@ -209,7 +211,8 @@ SYNTHETIC_OPTIONS = {"model": None, "data": "synthetic", "checkpoint": None, "fo
                      "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
                      "lr": 1e-3, "seed": 0}
 RECIPE_OPTIONS = ("task", "data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
-                  "hidden_size", "pooling", "batching", "steps", "compare_single_task", "seeds")
+                  "hidden_size", "pooling", "batching", "steps", "compare_single_task", "seeds",
+                  "out")
 RECIPE_SIZES = ("max_vocab", "max_length", "embedding_dim", "hidden_size", "pooling",
                 "batching", "steps")
 SHARED_OPTIONS = ("epochs", "batch_size", "lr", "seed")
@@ -321,6 +324,19 @@ def _comparison(summary, first_seed: int, seeds: int) -> str:
             "= multi - single.\n\n" + _metrics_table(summary))
 
 
+def _write_comparison(comparison, setting: str, text: str, out: Path, command: str) -> Path:
+    """The comparison as a results file (``text_pair_compare.md``, ``.csv``, ``_runs.csv``)
+    stamped with the command, its setting and data."""
+    from mtlzoo.bench.report import markdown_report, stamp, write_result
+
+    table = comparison.summary.reset_index()
+    heading, _, _ = text.partition("\n\n")
+    about = [f"Setting: {setting}", f"Data:\n\n```\n{comparison.data}\n```", heading]
+    markdown = markdown_report("Text: multi-task vs single-task", stamp(command), about, table,
+                               digits=4)
+    return write_result(out / "text_pair_compare", table, markdown, comparison.runs)
+
+
 def _metrics_table(table) -> str:
     """Per-task metrics as a table, a metric that does not apply to a task's kind (AUC of a
     multiclass task, macro-F1 of a binary one) left blank rather than shown as NaN."""
@@ -414,7 +430,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def _recipe(args: argparse.Namespace) -> int:
+def _recipe(args: argparse.Namespace, command: str) -> int:
     from mtlzoo import recipes
 
     defaults = {name: parameter.default
@@ -426,13 +442,16 @@ def _recipe(args: argparse.Namespace) -> int:
                if name in given or defaults[name] is not None}
     if "steps" in options:
         del options["epochs"]
-    if args.seeds is not None and not args.compare_single_task:
-        raise mtlzoo.MtlzooError("--seeds is for --compare-single-task (one run takes --seed)")
+    for option in ("seeds", "out"):
+        if getattr(args, option) is not None and not args.compare_single_task:
+            raise mtlzoo.MtlzooError(f"--{option} is for --compare-single-task (one run "
+                                     "takes --seed and prints its metrics)")
     tasks = _recipe_tasks(args)
-    print(f"{' + '.join(f'{name} ({source})' for name, source in tasks.items())} over one "
-          f"Embedding + BiLSTM; weighting {args.weighting}, "
-          + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in options.items())
-          + ".", file=sys.stderr)
+    setting = (f"{' + '.join(f'{name} ({source})' for name, source in tasks.items())} over "
+               f"one Embedding + BiLSTM; weighting {args.weighting}, "
+               + ", ".join(f"{name.replace('_', ' ')} {value}"
+                           for name, value in options.items()) + ".")
+    print(setting, file=sys.stderr)
     import datasets
 
     datasets.disable_progress_bars()  # the trainer's epoch lines report progress instead
@@ -442,8 +461,12 @@ def _recipe(args: argparse.Namespace) -> int:
         if args.compare_single_task:
             seeds = args.seeds or 3
             first = common.pop("seed")
-            summary, _ = recipes.compare_single_task(tasks, seeds=seeds, seed=first, **common)
-            print(_comparison(summary, first, seeds))
+            comparison = recipes.compare_single_task(tasks, seeds=seeds, seed=first, **common)
+            text = _comparison(comparison.summary, first, seeds)
+            print(text)
+            if args.out:
+                report = _write_comparison(comparison, setting, text, Path(args.out), command)
+                print(f"\nWritten to {report}")
             return 0
         _, table = recipes.text_pair(tasks, **common)
     except DataLoadError as error:

@@ -215,23 +215,35 @@ def imdb_agnews(data_dir: str | os.PathLike | None = None, **options):
     return text_pair({task: root / name for task, name in DEFAULT_TASKS.items()}, **options)
 
 
+@dataclass
+class Comparison:
+    """What :func:`compare_single_task` measured: per task the test accuracy's mean and
+    standard deviation over the seeds for both models and multi - single (``summary``,
+    indexed by task), one row per task, architecture and seed (``runs``), and the data's
+    description (:meth:`TextTasks.describe` of the first seed)."""
+
+    summary: object
+    runs: object
+    data: str
+
+
 def compare_single_task(tasks: Mapping[str, object] | None = None, *, seeds: int = 3,
-                        seed: int = 0, progress: bool = True, **options):
+                        seed: int = 0, progress: bool = True, **options) -> Comparison:
     """The recipe (multi-task) and its single-task baseline, each on seeds ``seed``,
-    ``seed + 1``, ...; returns ``(summary, runs)``: per task the test accuracy's mean and
-    standard deviation over the seeds for both and the difference multi - single, and one
-    row per task, architecture and seed. Each seed loads its data once (its own validation
-    draw) for both. ``options`` are :func:`text_pair`'s."""
+    ``seed + 1``, ...: a :class:`Comparison`. Each seed loads its data once (its own
+    validation draw) for both models. ``options`` are :func:`text_pair`'s."""
     import pandas as pd
 
     _checks.positive_int("seeds", seeds)
     loading = {key: options.pop(key) for key in ("max_vocab", "max_length", "cache_dir")
                if key in options}
-    rows = []
+    rows, description = [], ""
     for run_seed in range(seed, seed + seeds):
         data = load_text_tasks(tasks, seed=run_seed, **loading)
-        if progress and run_seed == seed:
-            print(data.describe(), file=sys.stderr, flush=True)
+        if run_seed == seed:
+            description = data.describe()
+            if progress:
+                print(description, file=sys.stderr, flush=True)
         for architecture in ARCHITECTURES:
             _, table = text_pair(data=data, seed=run_seed, architecture=architecture,
                                  progress=progress, **options)
@@ -250,5 +262,4 @@ def compare_single_task(tasks: Mapping[str, object] | None = None, *, seeds: int
         "single_std": column("std", "single_task"),
     })
     summary["difference"] = summary.multi_task - summary.single_task
-    return summary, runs
-
+    return Comparison(summary, runs, description)

@@ -198,13 +198,20 @@ def test_text_pair_takes_any_two_corpora_with_their_classes(pair_data, capsys):
 
 
 def test_text_pair_compares_with_single_task_and_trains_by_steps(pair_data, capsys):
+    import pandas as pd
+
     argv = ["train", "--recipe", "text-pair", "--task", f"sentiment={pair_data / 'imdb'}",
             "--task", f"topic={pair_data / 'news.csv'}", "--steps", "6", "--quiet",
             "--max-length", "16", "--embedding-dim", "8", "--hidden-size", "8",
             "--compare-single-task", "--seeds", "2"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--out", str(pair_data / "results")]) == 0
     captured = capsys.readouterr()
     assert "steps 6" in captured.err and "epochs" not in captured.err
+    report = (pair_data / "results" / "text_pair_compare.md").read_text()
+    assert "Command: `mtlzoo train --recipe text-pair" in report and "steps 6" in report
+    assert "5 classes (arts, business, sports, tech, world)" in report
+    runs = pd.read_csv(pair_data / "results" / "text_pair_compare_runs.csv")
+    assert len(runs) == 2 * 2 * 2  # tasks x architectures x seeds
     assert "over 2 seed(s) (0..1)" in captured.out
     assert {line.split()[0] for line in captured.out.splitlines()
             if line.startswith(("sentiment", "topic"))} == {"sentiment", "topic"}
