@@ -71,12 +71,18 @@ class TabularEncoder(nn.Module):
             raise MtlzooError(f"'categorical' must be (batch, {count}) codes, got {got}")
         if codes.is_floating_point():
             raise MtlzooError(f"categorical codes must be integers, got {codes.dtype}")
+        self._check_range(codes)
+        return codes.long()
+
+    def _check_range(self, codes: Tensor) -> None:
         limits = torch.tensor(self.cardinalities, device=codes.device)
         bad = (codes < 0) | (codes >= limits)
-        if bad.any():
+        if torch.compiler.is_compiling():  # a traced graph cannot branch on values: assert
+            message = f"categorical codes must be in 0..cardinality - 1 {self.cardinalities}"
+            torch._assert_async(~bad.any(), message)
+        elif bad.any():
             row, column = bad.nonzero()[0].tolist()
             raise MtlzooError(
                 f"categorical column {column}: code {codes[row, column].item()} is outside "
                 f"0..{self.cardinalities[column] - 1} (unseen values should map to code 0)"
             )
-        return codes.long()

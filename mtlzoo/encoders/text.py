@@ -73,9 +73,7 @@ class TextEncoder(nn.Module):
                 f"{tuple(tokens.shape)}"
             )
         tokens = tokens.long()
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            bad = tokens[(tokens < 0) | (tokens >= self.vocab_size)][0].item()
-            raise MtlzooError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
+        self._check_ids(tokens)
         if self.pooling == "mean":
             return self.embedding(tokens)
         lengths = (tokens != self.pad_id).sum(dim=1).clamp_min(1)  # an all-pad row reads 1 pad
@@ -84,6 +82,15 @@ class TextEncoder(nn.Module):
         )
         _, (hidden, _) = self.lstm(packed)  # hidden: (layers * 2, b, h)
         return torch.cat([hidden[-2], hidden[-1]], dim=1)
+
+    def _check_ids(self, tokens: Tensor) -> None:
+        if torch.compiler.is_compiling():  # a traced graph cannot branch on values: assert
+            inside = (tokens >= 0) & (tokens < self.vocab_size)
+            message = f"token ids must be in the vocabulary 0..{self.vocab_size - 1}"
+            torch._assert_async(inside.all(), message)
+        elif tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.vocab_size)][0].item()
+            raise MtlzooError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
 
     def _encode(self, texts: Sequence[str]) -> Tensor:
         if self.tokenizer is None:

@@ -79,7 +79,7 @@ class SoftmaxGates(nn.Module):
         if self.restricted:
             expert_index = self.expert_index if index is None else self.expert_index[index]
             full = weights.new_zeros(*weights.shape[:2], self.num_experts)
-            weights = full.scatter(-1, expert_index.expand(len(weights), -1, -1), weights)
+            weights = full.scatter(-1, expert_index.expand(weights.shape[0], -1, -1), weights)
         return mix_experts(weights, experts), weights
 
 

@@ -41,6 +41,8 @@ class StackedLinear(nn.Module):
     given, is applied to the fresh matmul result before it is viewed as (b, g, o), so an
     in-place one (``nn.ReLU(inplace=True)``) needs no new tensor and no autograd view copy.
     Each slice is initialised like ``nn.Linear(d, o)``: U(-1/sqrt(d), 1/sqrt(d)).
+    The batch size is read as ``x.shape[0]``, never ``len(x)`` (a Python int, which
+    ``torch.export`` turns into a constant): b stays symbolic when traced.
     """
 
     def __init__(self, groups: int, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -75,8 +77,8 @@ class StackedLinear(nn.Module):
             flat_weight = weight.permute(1, 0, 2).reshape(self.in_features, -1)
             if bias is not None:
                 flat_weight = torch.cat([flat_weight, bias.reshape(1, -1)])
-                x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
-            return activation(x.mm(flat_weight)).view(len(x), groups, self.out_features)
+                x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+            return activation(x.mm(flat_weight)).view(x.shape[0], groups, self.out_features)
         if x.dim() == 3 and x.shape[1:] == (groups, self.in_features):
             # 'b g d, g d o -> b g o' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
             by_group = x.transpose(0, 1)
