@@ -259,29 +259,45 @@ _probability = _checked(float, lambda value: 0 <= value <= 1, "a number in [0, 1
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mtlzoo.data import synthetic_tasks
+    """A synthetic run; under torchrun every rank trains (DDP) and rank 0 alone prints."""
+    import torch.distributed as dist
 
-    data = synthetic_tasks(
-        args.rows, args.correlation, seed=args.seed,
-        splits={"train": 0.8, "validation": 0.1, "test": 0.1},
-    )
-    print(
-        f"Synthetic tasks (MMoE generator, PLE constants): {args.rows} rows, correlation "
-        f"{args.correlation}, 512 features; {args.epochs} epochs of Adam (lr {args.lr}, batch "
-        f"{args.batch_size}), weighting {args.weighting!r}, seed {args.seed}.",
-        file=sys.stderr,
-    )
-    trainer = _trainer(args)
-    if args.checkpoint and Path(args.checkpoint).exists():
-        trainer = _resume(trainer, args)
-    if trainer.epoch >= args.epochs:
-        print(f"{args.checkpoint} already holds {trainer.epoch} epoch(s), --epochs is "
-              f"{args.epochs}: evaluating only.", file=sys.stderr)
-    else:
-        trainer.fit(data["train"], eval=data["validation"], epochs=args.epochs,
-                    checkpoint=args.checkpoint)
-    print(_metrics_table(trainer.evaluate(data["test"])))
+    from mtlzoo.data import synthetic_tasks
+    from mtlzoo.train import distributed
+
+    started = not dist.is_initialized() and distributed.init()
+    try:
+        say = print if not dist.is_initialized() or dist.get_rank() == 0 else _silent
+        data = synthetic_tasks(
+            args.rows, args.correlation, seed=args.seed,
+            splits={"train": 0.8, "validation": 0.1, "test": 0.1},
+        )
+        ranks = f", {dist.get_world_size()} ranks (DDP)" if dist.is_initialized() else ""
+        say(
+            f"Synthetic tasks (MMoE generator, PLE constants): {args.rows} rows, correlation "
+            f"{args.correlation}, 512 features; {args.epochs} epochs of Adam (lr {args.lr}, "
+            f"batch {args.batch_size}{' a rank' if ranks else ''}), weighting "
+            f"{args.weighting!r}, seed {args.seed}{ranks}.",
+            file=sys.stderr,
+        )
+        trainer = _trainer(args)
+        if args.checkpoint and Path(args.checkpoint).exists():
+            trainer = _resume(trainer, args, say)
+        if trainer.epoch >= args.epochs:
+            say(f"{args.checkpoint} already holds {trainer.epoch} epoch(s), --epochs is "
+                f"{args.epochs}: evaluating only.", file=sys.stderr)
+        else:
+            trainer.fit(data["train"], eval=data["validation"], epochs=args.epochs,
+                        checkpoint=args.checkpoint)
+        say(_metrics_table(trainer.evaluate(data["test"])))
+    finally:
+        if started:
+            dist.destroy_process_group()
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    """``print`` on the ranks other than 0."""
 
 
 def _trainer(args: argparse.Namespace) -> mtlzoo.Trainer:
@@ -296,9 +312,9 @@ def _trainer(args: argparse.Namespace) -> mtlzoo.Trainer:
     )
 
 
-def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer:
+def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace, say=print) -> mtlzoo.Trainer:
     """The trainer loaded from the existing --checkpoint; with --force, when that fails, the
-    trainer as it was (a load that fails changes nothing)."""
+    trainer as it was (a load that fails changes nothing). ``say``: print (rank 0's)."""
     try:
         trainer.load(args.checkpoint)
     except mtlzoo.MtlzooError as error:
@@ -307,11 +323,11 @@ def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace) -> mtlzoo.Trainer
                 f"{error}; pass --force to start afresh and overwrite {args.checkpoint}, or "
                 "choose another --checkpoint path"
             ) from error
-        print(f"mtlzoo: {' '.join(str(error).split())}; --force: starting afresh, "
-              f"{args.checkpoint} will be overwritten.", file=sys.stderr)
+        say(f"mtlzoo: {' '.join(str(error).split())}; --force: starting afresh, "
+            f"{args.checkpoint} will be overwritten.", file=sys.stderr)
         return trainer
-    print(f"Resuming from {args.checkpoint}: epoch {trainer.epoch}, step {trainer.step}.",
-          file=sys.stderr)
+    say(f"Resuming from {args.checkpoint}: epoch {trainer.epoch}, step {trainer.step}.",
+        file=sys.stderr)
     return trainer
 
 

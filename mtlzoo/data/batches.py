@@ -9,6 +9,12 @@ Batching of data the trainer batches itself (``BATCHING``): ``"shuffle"`` cuts e
 permutation into batches; ``"by_length"`` (token ids) sorts the rows of each window of
 ``WINDOW_BATCHES`` batches by length, shuffles the order of the pass's batches and trims
 every batch to its longest row, so that a batch of short texts costs short texts.
+
+Sharded over ``world`` ranks (DDP), data the trainer batches itself keeps the order of one
+process: each global batch is ``world * batch_size`` consecutive rows of the pass's order
+(by length: the same windows and batch order, at the global batch size), and rank ``rank``
+takes its slice of each (``tensor_split``), so the ranks together see every row once a pass,
+step by step as one process with the global batch does. A ``DataLoader`` is not sharded.
 """
 
 from __future__ import annotations
@@ -55,10 +61,12 @@ class IndexedBatches(Batches):
     their token ids in that column: a shuffled pass sorts each window of
     ``WINDOW_BATCHES`` batches by length and shuffles the order of all its batches (from
     the same generator); an unshuffled one (evaluation) is sorted by length throughout.
-    Every batch's ``length_key`` column is trimmed to its longest row."""
+    Every batch's ``length_key`` column is trimmed to its longest row. ``rank`` of
+    ``world``: this rank's slice of every batch of ``world * batch_size`` rows."""
 
     def __init__(self, data, batch_size: int, shuffle: bool, seed: int,
-                 length_key: str | None = None, name: str = "the data") -> None:
+                 length_key: str | None = None, name: str = "the data", rank: int = 0,
+                 world: int = 1) -> None:
         if isinstance(data, Mapping):
             self.rows = _common_length(data)
             self.fetch = lambda index: {key: value[index] for key, value in data.items()}
@@ -67,37 +75,43 @@ class IndexedBatches(Batches):
             self.rows = len(torch_data)
             self.fetch = lambda index: torch_data[index.tolist()]
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world = rank, world
         self.length_key = length_key
         self.lengths = None if length_key is None else token_lengths(data, length_key, name)
 
     def __len__(self) -> int:
-        return -(-self.rows // self.batch_size)
+        return -(-self.rows // (self.batch_size * self.world))
 
     def signature(self) -> dict[str, int | str | None]:
         return {"rows": self.rows, "batch_size": self.batch_size}
 
     def passes(self, pass_id: int, skip: int = 0) -> Iterator[Batch]:
         for index in self._batch_rows(pass_id)[skip:]:
+            if self.world > 1:
+                index = index.tensor_split(self.world)[self.rank]
             batch = self.fetch(index)
             if self.lengths is not None:
-                width = max(int(self.lengths[index].max()), 1)  # an all-pad row reads one pad
+                longest = int(self.lengths[index].max()) if len(index) else 0
+                width = max(longest, 1)  # an all-pad row reads one pad
                 batch[self.length_key] = batch[self.length_key][:, :width]
             yield batch
 
     def _batch_rows(self, pass_id: int) -> list[Tensor]:
-        """The row numbers of each batch of pass ``pass_id``, in the order they come."""
+        """The row numbers of each (global) batch of pass ``pass_id``, in the order they
+        come."""
+        size = self.batch_size * self.world
         if not self.shuffle:
             order = (torch.arange(self.rows) if self.lengths is None
                      else self.lengths.sort(stable=True).indices)
-            return list(order.split(self.batch_size))
+            return list(order.split(size))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_id)
         order = torch.randperm(self.rows, generator=generator)
         if self.lengths is None:
-            return list(order.split(self.batch_size))
-        windows = order.split(WINDOW_BATCHES * self.batch_size)
+            return list(order.split(size))
+        windows = order.split(WINDOW_BATCHES * size)
         batches = [batch for window in windows
                    for batch in window[self.lengths[window].sort(stable=True).indices]
-                   .split(self.batch_size)]
+                   .split(size)]
         return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
@@ -177,9 +191,10 @@ class IterableBatches(Batches):
 
 
 def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int,
-               length_key: str | None = None) -> Batches:
+               length_key: str | None = None, rank: int = 0, world: int = 1) -> Batches:
     """Wrap user data; ``name`` says what it is in error messages. ``length_key``: batch by
-    the length of the token ids in that column (``IndexedBatches``)."""
+    the length of the token ids in that column (``IndexedBatches``). ``rank`` of ``world``:
+    this rank's shard; only data the trainer batches itself can be sharded."""
     if _is_dataset_dict(data):
         raise MtlzooError(
             f"{name} is a DatasetDict with splits {list(data)}; pass one split, e.g. data['train']"
@@ -187,8 +202,18 @@ def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int,
     if (isinstance(data, Mapping) and all(isinstance(v, Tensor) for v in data.values())) or (
         _is_dataset(data)
     ):
-        source: Batches = IndexedBatches(data, batch_size, shuffle, seed, length_key, name)
+        source: Batches = IndexedBatches(data, batch_size, shuffle, seed, length_key, name,
+                                         rank, world)
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping, Tensor)):
+        if world > 1:
+            raise MtlzooError(
+                f"{name} is a {type(data).__name__}: under DDP ({world} ranks) the trainer "
+                "shards only data it batches itself, so that the ranks together take the "
+                "steps of one process; pass a datasets.Dataset or a dict of tensors. (A "
+                "DataLoader would have every rank read every row; a DistributedSampler "
+                "shards it but pads and reorders the rows, so its steps are not those of "
+                "one process)"
+            )
         if length_key is not None:
             raise MtlzooError(
                 f"batching='by_length' applies to data the trainer batches itself (a "

@@ -4,7 +4,9 @@
 * ``step``: one training step (forward, per-task losses, the weighting, the optimizer);
 * ``state``: the typed, versioned ``TrainerState`` a checkpoint stores;
 * ``checkpoint``: the checksummed, atomic checkpoint file and the checks that it fits;
-* ``options``: the trainer's options, checked upfront.
+* ``options``: the trainer's options, checked upfront;
+* ``distributed``: training on several processes (torchrun, DDP), step for step that of
+  one process.
 """
 
 from mtlzoo.train.checkpoint import read_checkpoint, write_checkpoint

@@ -17,6 +17,8 @@ from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.tasks import Task
 from mtlzoo.weighting import Weighting, create_weighting
 
+STRATEGIES = ("auto", "ddp", "fsdp", "none")  # how many processes train, and how
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -51,6 +53,7 @@ class Options:
     seed: int = 0
     progress: bool = True
     device: torch.device | None = None
+    strategy: str = "auto"
 
     def __post_init__(self) -> None:
         _checks.real("lr", self.lr, positive=True)
@@ -88,6 +91,7 @@ class Options:
         _checks.non_negative_int("seed", self.seed)
         _checks.boolean("progress", self.progress)
         object.__setattr__(self, "device", check_device(self.device))
+        _checks.choice("strategy", self.strategy, STRATEGIES)
 
 
 def check_device(value: object) -> torch.device | None:

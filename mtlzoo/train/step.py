@@ -104,17 +104,23 @@ class TrainStep:
                 what = "the model's aux_loss" if name is None else f"task {name!r}: the loss"
                 raise NonFiniteLoss(f"{what} is {value} at step {number}")
         self.optimizer.zero_grad(set_to_none=True)
-        if aux.requires_grad:
-            aux.backward(retain_graph=True)
-        weights = self.weighting.backward(
-            losses, self.model.shared_parameters(), self.model.task_parameters(),
-            representations[0] if len(representations) == 1 else None,
-        )
+        weights = self._backward(losses, aux,
+                                 representations[0] if len(representations) == 1 else None)
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.weighting.after_step()
         return dict(zip(losses, zip(values, weights.tolist(), strict=True), strict=True))
+
+    def _backward(self, losses: dict[str, Tensor], aux: Tensor,
+                  representation: Tensor | None) -> Tensor:
+        """Leave the step's gradients in ``.grad``; the weights the weighting applied."""
+        if aux.requires_grad:
+            aux.backward(retain_graph=True)
+        return self.weighting.backward(
+            losses, self.model.shared_parameters(), self.model.task_parameters(),
+            representation,
+        )
 
     def _losses(self, step_batches: dict[str | None, Batch]
                 ) -> tuple[dict[str, Tensor], Tensor]:

@@ -14,6 +14,7 @@ The weighting (``mtlzoo.weighting``) turns the per-task losses into the update.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import sys
 import time
@@ -31,6 +32,7 @@ from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import labelled_rows, task_loss
 from mtlzoo.metrics import KIND_METRICS, METRIC_DIRECTIONS, task_metrics
 from mtlzoo.models.base import MultiTaskModel
+from mtlzoo.train import distributed
 from mtlzoo.train.checkpoint import (
     check_fits,
     check_writable,
@@ -65,7 +67,11 @@ class Trainer:
     batches by length, shuffles the order of the batches and trims each batch to its
     longest row; evaluation runs sorted by length, trimmed. A BiLSTM ``TextEncoder`` then
     reads a batch's real tokens, not its padding (docs/training.md, "Length-aware
-    batching"). Every option is checked here, before anything runs.
+    batching"). ``strategy``: ``"auto"`` (DDP when more than one rank runs: a process group
+    of more than one rank exists, or torchrun's environment describes one, which the
+    trainer then starts), ``"ddp"``, or ``"none"`` (one process); under DDP the ranks
+    together take exactly the steps one process takes with their global batch
+    (docs/distributed.md). Every option is checked here, before anything runs.
 
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
     >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
@@ -93,6 +99,7 @@ class Trainer:
         seed: int = 0,
         progress: bool = True,
         device: str | torch.device | None = None,
+        strategy: str = "auto",
     ) -> None:
         if not isinstance(model, MultiTaskModel):
             raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
@@ -101,12 +108,18 @@ class Trainer:
             batching=batching, sampling=sampling, temperature=temperature, input_key=input_key,
             weight_key=weight_key,
             label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
-            seed=seed, progress=progress, device=device,
+            seed=seed, progress=progress, device=device, strategy=strategy,
         )
+        self.ranks = distributed.resolve(self.options.strategy)  # None: one process
+        if self.ranks is not None:
+            if self.ranks.rank != 0:  # rank 0 alone writes progress
+                self.options = dataclasses.replace(self.options, progress=False)
+            if device is None and self.ranks.device.type == "cuda":
+                self.options = dataclasses.replace(self.options, device=self.ranks.device)
         self.tasks = {task.name: task for task in model.tasks}
         for name in self.options.label_keys:
             self._check_task(name, "label_keys")
-        self.model = model if device is None else model.to(self.options.device)
+        self.model = model if self.options.device is None else model.to(self.options.device)
         self.device = next(model.parameters()).device
         self.weighting = make_weighting(weighting, model.tasks, weighting_options)
         self.weighting.to(self.device)
@@ -115,8 +128,12 @@ class Trainer:
         self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.reader = BatchReader(self.tasks, self.options.input_key, self.options.weight_key,
                                   self.options.label_keys, self.device)
-        self._step = TrainStep(model, self.weighting, self.optimizer, self.reader,
-                               self.options.grad_clip)
+        self._step = (
+            TrainStep(model, self.weighting, self.optimizer, self.reader, self.options.grad_clip)
+            if self.ranks is None else
+            distributed.DistributedStep(model, self.weighting, self.optimizer, self.reader,
+                                        self.options.grad_clip, self.ranks)
+        )
         self.state = TrainerState()
         self._saved: tuple[Path, int] | None = None  # the last checkpoint written or read
         self._resumed = False  # a checkpoint was loaded and no fit has run since
@@ -238,6 +255,7 @@ class Trainer:
         ``goal``: ``("epochs" or "steps", limit)``, for the epoch lines (``_report``)."""
         state = self.state
         progress = self.options.progress
+        count_rows = progress or self.ranks is not None  # under DDP: summed over the ranks
         run_start, run_first_step = time.perf_counter(), state.step
         factor = (None if self.options.lr_schedule == "constant"  # the optimizer's lr untouched
                   else LR_SCHEDULES[self.options.lr_schedule])
@@ -253,7 +271,7 @@ class Trainer:
                                            strict=True):
                         group["lr"] = base * factor(state.step, planned)
                 self._record(self._step(batches, state.step + 1))
-                if progress:
+                if count_rows:
                     rows += self._rows(batches)
                 state.step += 1
                 state.position = position
@@ -268,6 +286,8 @@ class Trainer:
                 yield "step"
             bar.close()
             trained = time.perf_counter() - epoch_start
+            if self.ranks is not None:
+                rows = int(self.ranks.sum(torch.tensor(rows, device=self.ranks.device)))
             self._end_epoch(eval_sources, early)
             if progress:
                 self._report(schedule, goal, rows / trained if trained > 0 else float("inf"),
@@ -358,9 +378,13 @@ class Trainer:
                     kept[0].append(logits[labelled].float().cpu())
                     kept[1].append(labels[labelled].cpu())
         self.model.train(was_training)
+        if self.ranks is not None:  # every rank's slice of each batch, in one process's order
+            collected = _interleave(self.ranks.gather(collected))
+        whole = {name: (torch.cat(logits), torch.cat(labels))
+                 for name, (logits, labels) in collected.items()}
         rows = {}
-        for name, (logits, labels) in collected.items():
-            task, logits, labels = self.tasks[name], torch.cat(logits), torch.cat(labels)
+        for name, (logits, labels) in whole.items():
+            task = self.tasks[name]
             loss = task_loss(task, logits, labels) if len(labels) else None
             rows[name] = {
                 "rows": len(labels),
@@ -374,19 +398,23 @@ class Trainer:
     def save(self, path: str | Path) -> None:
         """Write the model, optimizer, weighting, trainer state and RNG states to ``path``,
         atomically and with a checksum (``mtlzoo.train.checkpoint``). A model whose weights
-        are no longer finite is never saved: ``MtlzooError``, and the file stays as it was."""
+        are no longer finite is never saved: ``MtlzooError``, and the file stays as it was.
+        Under DDP every rank calls it: rank 0 writes, with every rank's RNG states."""
         path = Path(path)
         model_state = self.model.state_dict()
         self._check_finite(path, model_state)
         weighting_state = self.weighting.state_dict()
         optimizer_state = self.optimizer.state_dict()
-        write_checkpoint(path, {
+        rng = _rng_state(self.device)
+        if self.ranks is not None:
+            rng["ranks"] = self.ranks.gather(rng)
+        self._on_rank_zero(lambda: write_checkpoint(path, {
             "model": record(self.model, model_state, self._model_layout(model_state)),
             "weighting": record(self.weighting, weighting_state, shapes(weighting_state)),
             "optimizer": record(self.optimizer, optimizer_state, self._optimizer_layout()),
             "trainer": self.state.to_dict(),
-            "rng": _rng_state(self.device),
-        })
+            "rng": rng,
+        }))
         self._saved = (path, self.state.step)
 
     def load(self, path: str | Path) -> None:
@@ -395,9 +423,11 @@ class Trainer:
         class, tasks, parameter shapes, weighting and optimizer kind): ``MtlzooError`` says
         what differs, and a load that fails changes nothing. The optimizer's
         hyperparameters (``lr``, ``weight_decay``, ...) stay those this trainer was built
-        with, so a resume may change them."""
+        with, so a resume may change them. Under DDP every rank calls it: rank 0 reads the
+        file and every rank loads what it read, each its own RNG states."""
         path = Path(path)
-        payload = read_checkpoint(path, map_location=self.device)
+        payload = (read_checkpoint(path, map_location=self.device) if self.ranks is None
+                   else self._on_rank_zero(lambda: read_checkpoint(path, map_location="cpu")))
         try:
             state = TrainerState.from_dict(payload["trainer"])
             model_state = self.model.state_dict()
@@ -412,14 +442,32 @@ class Trainer:
                               ) from None
         before = self._snapshot()
         try:
+            rank = 0 if self.ranks is None else self.ranks.rank
             self._restore(payload["model"]["state"], payload["weighting"]["state"],
-                          payload["optimizer"]["state"], payload["rng"])
+                          payload["optimizer"]["state"], _rank_rng_state(payload["rng"], rank))
         except Exception as error:  # a checksummed file whose contents are not ours
             self._restore(*before)
             raise MtlzooError(f"checkpoint {str(path)!r} cannot be restored: {error}"
                               ) from error
         self.state = state
         self._saved, self._resumed = (path, state.step), True
+
+    def _on_rank_zero(self, action: Callable[[], object]) -> object:
+        """``action()``, under DDP on rank 0 alone while the others wait: its result on
+        every rank, or its error (an ``MtlzooError`` on the other ranks)."""
+        if self.ranks is None:
+            return action()
+        result, failure = None, None
+        if self.ranks.rank == 0:
+            try:
+                result = action()
+            except Exception as error:
+                self.ranks.broadcast((None, str(error)))
+                raise
+        result, failure = self.ranks.broadcast((result, failure))
+        if failure is not None:
+            raise MtlzooError(f"on rank 0: {failure}")
+        return result
 
     def _snapshot(self) -> tuple[dict, dict, dict, dict]:
         """Copies of what ``_restore`` sets, to roll a failed load back."""
@@ -481,8 +529,9 @@ class Trainer:
         return TaskSchedule(sources, options.sampling, options.temperature, options.seed)
 
     def _signature(self, schedule: JointSchedule | TaskSchedule) -> dict:
+        world = {} if self.ranks is None else {"world_size": self.ranks.size}
         return {"seed": self.options.seed, "batching": self.options.batching,
-                **schedule.signature()}
+                **schedule.signature(), **world}
 
     def _check_data(self, schedule: JointSchedule | TaskSchedule) -> str | None:
         """Mid-epoch, the data must be that of the steps taken (``MtlzooError`` otherwise);
@@ -490,9 +539,19 @@ class Trainer:
         saved, now = self.state.data, self._signature(schedule)
         if saved is not None and "batching" not in saved:  # saved before batching= existed
             saved = {**saved, "batching": "shuffle"}
+        if saved is not None:  # one process: no world_size in the signature
+            saved, now = {"world_size": 1, **saved}, {"world_size": 1, **now}
         if saved is None or saved == now:
             return None
         changes = "; ".join(_differences(saved, now))
+        if self.state.mid_epoch and saved["world_size"] != now["world_size"]:
+            raise MtlzooError(
+                f"the run stopped after {self.state.position.steps} steps of epoch "
+                f"{self.state.epoch + 1} on {saved['world_size']} ranks, and this run has "
+                f"{now['world_size']}: mid-epoch a run resumes only on the number of ranks it "
+                "was saved on (its batches are cut for that many); at an epoch's end it may "
+                "change"
+            )
         if self.state.mid_epoch:
             raise MtlzooError(
                 f"the run stopped after {self.state.position.steps} steps of epoch "
@@ -513,9 +572,10 @@ class Trainer:
         ]
 
     def _source(self, data, what: str, shuffle: bool, offset: int = 0):
-        options = self.options
+        options, ranks = self.options, self.ranks
         return as_batches(data, what, options.batch_size, shuffle, options.seed + 7919 * offset,
-                          options.input_key if options.batching == "by_length" else None)
+                          options.input_key if options.batching == "by_length" else None,
+                          *((0, 1) if ranks is None else (ranks.rank, ranks.size)))
 
     def _check_task(self, name: str, where: str) -> None:
         if name not in self.tasks:
@@ -641,6 +701,16 @@ def _differences(saved: dict, now: dict, where: str = "") -> list[str]:
     return found
 
 
+def _interleave(shards: list[dict[str, tuple[list, list]]]) -> dict[str, tuple[list, list]]:
+    """The ranks' per-task lists of batch slices (logits, labels) merged batch by batch:
+    batch 1 of rank 0, of rank 1, ..., then batch 2 of rank 0, ..."""
+    return {
+        name: tuple([piece for pieces in zip(*(shard[name][i] for shard in shards), strict=True)
+                     for piece in pieces] for i in (0, 1))
+        for name in shards[0]
+    }
+
+
 def _plain(value):
     """A NumPy scalar as the Python number it holds (history rows stay plain values)."""
     return value.item() if hasattr(value, "item") else value
@@ -653,11 +723,25 @@ def _rng_state(device: torch.device) -> dict:
     return state
 
 
-def _check_rng_state(state: object) -> None:
-    if not (isinstance(state, dict) and {"python", "torch"} <= set(state) <= {"python",
-                                                                          "torch", "cuda"}):
+def _check_rng_state(state: object, ranks: bool = True) -> None:
+    """One process's RNG states; ``ranks``: with, optionally, those of every rank."""
+    keys = {"python", "torch", "cuda", "ranks"} if ranks else {"python", "torch", "cuda"}
+    if not (isinstance(state, dict) and {"python", "torch"} <= set(state) <= keys):
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise MtlzooError(f"its RNG states are {found}, expected python, torch (and cuda)")
+        raise MtlzooError(f"its RNG states are {found}, expected python, torch (and cuda"
+                          f"{', ranks' if ranks else ''})")
+    if "ranks" in state:
+        if not isinstance(state["ranks"], list) or not state["ranks"]:
+            raise MtlzooError("its RNG states of the ranks are not a list")
+        for rank_state in state["ranks"]:
+            _check_rng_state(rank_state, ranks=False)
+
+
+def _rank_rng_state(state: dict, rank: int) -> dict:
+    """The RNG states of ``rank`` in a checkpoint's: its own where the checkpoint has them,
+    else rank 0's (a checkpoint of fewer ranks, at an epoch's end)."""
+    ranks = state.get("ranks") or [state]
+    return ranks[rank] if rank < len(ranks) else ranks[0]
 
 
 def _set_rng_state(state: dict) -> None:

@@ -5,7 +5,7 @@ Axes: t tasks (those present in the step), p flattened parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -33,7 +33,15 @@ class Weighting(nn.Module):
 
     ``task_names`` holds the tasks, each a name or an ``mtlzoo.Task``; ``self.task_names``
     keeps their names, ``self.task_kinds`` their kinds by name (None for a bare name).
+
+    Under DDP the trainer sets ``rank_sum`` (sums a tensor over the ranks, in place) and
+    ``world_size``: a gradient method then sums the per-task gradients over the ranks
+    before it combines them, and leaves ``1 / world_size`` of the shared update in ``.grad``
+    on each rank; the trainer sums the model's ``.grad`` over the ranks afterwards.
     """
+
+    rank_sum: Callable[[Tensor], Tensor] | None = None
+    world_size: int = 1
 
     def __init__(self, task_names: Sequence[str | Task]) -> None:
         super().__init__()
@@ -54,6 +62,15 @@ class Weighting(nn.Module):
 
     def after_step(self) -> None:
         """Called after every optimizer step."""
+
+    def summed(self, grads: Tensor) -> Tensor:
+        """Per-task gradients (or their Gram matrix) summed over the ranks (under DDP)."""
+        return grads if self.rank_sum is None else self.rank_sum(grads)
+
+    def share(self, update: Tensor) -> Tensor:
+        """This rank's share of an update computed from gradients ``summed`` over the
+        ranks: the ranks' shares add up to it when the trainer sums ``.grad``."""
+        return update if self.rank_sum is None else update / self.world_size
 
     def epoch_end(self, mean_losses: dict[str, float]) -> None:
         """Called after every epoch with each task's mean training loss over it."""
@@ -107,8 +124,8 @@ class GradientWeighting(Weighting):
         task_index(self.task_names, list(losses))  # names checked, at least one
         values = torch.stack(list(losses.values()))
         shared_grads, specific_grads = task_gradients(values, shared, specific)
-        update, weights = self.combine(shared_grads, values.detach())
-        accumulate_flat(shared, update)
+        update, weights = self.combine(self.summed(shared_grads), values.detach())
+        accumulate_flat(shared, self.share(update))
         accumulate_flat(specific, specific_grads.sum(dim=0))
         return weights.detach()
 

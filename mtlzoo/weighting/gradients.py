@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -54,14 +54,18 @@ def accumulate_flat(params: Sequence[Tensor], flat: Tensor) -> None:
             param.grad.add_(piece)
 
 
-def gram_matrix(grads: Tensor) -> Tensor:
+def gram_matrix(grads: Tensor, rank_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """``einsum('tp,sp->ts')`` of the (t, p) task gradients, in float64 on the CPU.
 
     The product runs on the gradients' device in at least float32; the (t, t) result is
-    what the small solvers below work on (one device-to-host copy per step).
+    what the small solvers below work on (one device-to-host copy per step). ``rank_sum``
+    (under DDP, where each rank holds other columns p): the product summed over the ranks.
     """
     wide = grads.to(torch.promote_types(grads.dtype, torch.float32))
-    return (wide @ wide.T).cpu().double()
+    product = wide @ wide.T
+    if rank_sum is not None:
+        product = rank_sum(product)
+    return product.cpu().double()
 
 
 EPS = sys.float_info.epsilon

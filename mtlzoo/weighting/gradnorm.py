@@ -58,8 +58,8 @@ class GradNorm(GradientWeighting):
         index = task_index(self.task_names, list(losses))
         values = torch.stack(list(losses.values()))
         shared_grads, specific_grads = task_gradients(values, shared, specific)
-        update, weights = self._combine(shared_grads, values.detach(), index)
-        accumulate_flat(shared, update)
+        update, weights = self._combine(self.summed(shared_grads), values.detach(), index)
+        accumulate_flat(shared, self.share(update))
         accumulate_flat(specific, weights @ specific_grads)
         return weights
 

@@ -69,18 +69,22 @@ class MGDA(GradientWeighting):
         values = torch.stack(list(losses.values()))
         # (t, b*d): one backward to Z batched over the tasks; the graph is kept for the update
         grads, _ = task_gradients(values, [representation], retain_graph=True)
-        _, alpha = self.combine(grads, values.detach())
+        # under DDP each rank holds other rows of Z: the Gram matrix is the ranks' sum
+        gram = gram_matrix(grads, self.rank_sum)
+        alpha = self.alpha_from_gram(gram, values.detach()).to(grads)
         (alpha.detach() * values).sum().backward()
         return alpha.detach()
 
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        gram = gram_matrix(grads)
+        alpha = self.alpha_from_gram(gram_matrix(grads), losses).to(grads)
+        return alpha @ grads, alpha
+
+    def alpha_from_gram(self, gram: Tensor, losses: Tensor) -> Tensor:
+        """``alpha`` (t,), float64, from the (t, t) Gram matrix of the gradients."""
         scale = torch.ones_like(gram.diagonal())
         if self.normalisation in ("l2", "loss+"):
             scale = scale * gram.diagonal().sqrt()
         if self.normalisation in ("loss", "loss+"):
             scale = scale * losses.detach().to(gram)
         scale = torch.where(scale > 0, scale, 1.0)  # a zero norm or loss: leave g_t as is
-        alpha = min_norm_weights(gram / scale[:, None] / scale[None, :])
-        alpha = alpha.to(grads)
-        return alpha @ grads, alpha
+        return min_norm_weights(gram / scale[:, None] / scale[None, :])

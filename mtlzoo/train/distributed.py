@@ -1,0 +1,218 @@
+"""Training on several processes with PyTorch's own engine: ``torch.distributed`` and
+``DistributedDataParallel`` (DDP).
+
+* ``init()`` starts the process group torchrun's environment describes;
+* ``resolve(strategy)`` gives the ``Ranks`` a trainer runs on (None: one process);
+* ``DistributedStep`` is the train step on N ranks that takes exactly the step one process
+  takes on the N ranks' rows together (docs/distributed.md says how).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mtlzoo.data.batches import Batch
+from mtlzoo.data.schedule import JOINT
+from mtlzoo.errors import MtlzooError
+from mtlzoo.losses import task_loss_sums
+from mtlzoo.train.step import TrainStep
+from mtlzoo.weighting import LossWeighting
+from mtlzoo.weighting.base import GradientWeighting
+
+
+def init() -> bool:
+    """Start the default process group from torchrun's environment (``WORLD_SIZE`` > 1,
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) unless one exists: ``nccl``
+    with this rank on ``cuda:LOCAL_RANK`` where CUDA is available, else ``gloo``. Returns
+    whether a process group exists now."""
+    if not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise MtlzooError(
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} and LOCAL_RANK="
+            f"{os.environ.get('LOCAL_RANK')!r} must be whole numbers (torchrun sets them)"
+        ) from None
+    if world <= 1:
+        return False
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def resolve(strategy: str) -> Ranks | None:
+    """The ranks a trainer with ``strategy`` (checked by ``Options``) runs on; None for one
+    process. ``"auto"``:
+    DDP where a process group of more than one rank exists (or torchrun's environment
+    describes one, which ``init`` then starts), else one process; ``"ddp"``: DDP, which
+    needs a process group; ``"none"``: one process, even inside a group."""
+    if strategy == "fsdp":
+        raise MtlzooError("strategy='fsdp' (FSDP2) is not built yet; use 'ddp' or 'auto'")
+    if strategy == "none":
+        return None
+    if not init():
+        if strategy == "ddp":
+            raise MtlzooError(
+                "strategy='ddp' needs a process group: launch with torchrun (torchrun "
+                "--nproc-per-node N script.py) or call torch.distributed.init_process_group "
+                "first"
+            )
+        return None
+    if strategy == "auto" and dist.get_world_size() == 1:
+        return None
+    return Ranks()
+
+
+class Ranks:
+    """The ranks of the default process group, as a trainer sees them: ``rank``, ``size``,
+    the ``device`` collectives run on (CUDA under ``nccl``), and sums, gathers and
+    broadcasts over them."""
+
+    def __init__(self) -> None:
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.device = (torch.device("cuda", torch.cuda.current_device())
+                       if dist.get_backend() == "nccl" else torch.device("cpu"))
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the ranks, in place; returned."""
+        dist.all_reduce(tensor)
+        return tensor
+
+    def sum_grads(self, params: Iterable[nn.Parameter]) -> None:
+        """Every parameter's ``.grad`` summed over the ranks (one collective a dtype)."""
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for param in params:
+            if param.grad is not None:
+                by_dtype.setdefault(param.grad.dtype, []).append(param.grad)
+        for grads in by_dtype.values():
+            flat = self.sum(torch.cat([grad.reshape(-1) for grad in grads]))
+            for grad, piece in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                grad.copy_(piece.view_as(grad))
+
+    def gather(self, value: object) -> list:
+        """Every rank's ``value`` (picklable), in rank order, on every rank."""
+        values: list = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def broadcast(self, value: object) -> object:
+        """Rank 0's ``value`` on every rank."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+class StepForward(nn.Module):
+    """The forward passes of one step as one call: a per-task step runs the model once per
+    task's batch, and DDP expects one forward before each backward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: list[tuple[str | None, object]]) -> list:
+        return [self.model(x, tasks=None if name is JOINT else [name]) for name, x in inputs]
+
+
+def _sum_hook(state, bucket):  # unannotated: DDP compares the annotations with its own
+    """DDP's all-reduce of a ``dist.GradBucket`` without the division by the number of
+    ranks: the losses are normalised by global counts, so the ranks' gradients add up to
+    the step's."""
+    future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return future.then(lambda done: done.value()[0])
+
+
+class DistributedStep(TrainStep):
+    """A train step on ``ranks``, equal to one process's step on the rows of every rank.
+
+    Each task's loss on every rank carries the global value, ``sum w m l / sum w m`` over
+    every rank's rows (one all-reduce of the sums), and the gradient of this rank's rows
+    alone (divided by the global denominator). A loss weighting then back-propagates
+    through DDP, whose all-reduce sums the ranks' gradients; the weighting's own parameters
+    see global values and get the same gradient on every rank. A gradient method sums the
+    per-task gradients over the ranks before it combines them (``Weighting.rank_sum``) and
+    the model's gradients are summed after. The model's initial state and the weighting's
+    are rank 0's."""
+
+    def __init__(self, model, weighting, optimizer, reader, grad_clip, ranks: Ranks) -> None:
+        super().__init__(model, weighting, optimizer, reader, grad_clip)
+        if not isinstance(weighting, (LossWeighting, GradientWeighting)):
+            raise MtlzooError(
+                f"weighting {type(weighting).__name__} is neither a LossWeighting nor a "
+                "GradientWeighting: under DDP the trainer cannot tell how to make its step "
+                "that of one process; subclass one of them"
+            )
+        self.ranks = ranks
+        self.gradient_method = isinstance(weighting, GradientWeighting)
+        if self.gradient_method:
+            weighting.rank_sum, weighting.world_size = ranks.sum, ranks.size
+        weighting.load_state_dict(ranks.broadcast(weighting.state_dict()))
+        device = next(model.parameters()).device
+        self.ddp = DistributedDataParallel(
+            StepForward(model), device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True, forward_sync_buffers=False,
+        )
+        self.ddp.register_comm_hook(None, _sum_hook)
+
+    def _losses(self, step_batches: dict[str | None, Batch]
+                ) -> tuple[dict[str, Tensor], Tensor]:
+        inputs = [(name, self.reader.inputs(batch)) for name, batch in step_batches.items()]
+        if self.gradient_method:  # per-task gradients are summed by hand, not by DDP
+            with self.ddp.no_sync():
+                outputs = self.ddp(inputs)
+        else:
+            outputs = self.ddp(inputs)
+        sums: dict[str, tuple[Tensor, Tensor]] = {}
+        aux = None
+        for (task_name, batch), out in zip(step_batches.items(), outputs, strict=True):
+            if out.aux_loss.requires_grad:
+                raise MtlzooError(
+                    "the model's aux_loss has a gradient: under DDP the trainer cannot yet "
+                    "make a batch-level auxiliary loss that of one process; train with "
+                    "strategy='none'"
+                )
+            aux = out.aux_loss if aux is None else aux + out.aux_loss
+            weights = self.reader.row_weights(batch)
+            for name, logits in out.logits.items():
+                labels, mask = self.reader.labels(batch, name, per_task=task_name is not JOINT)
+                sums[name] = task_loss_sums(self.tasks[name], logits, labels, mask, weights,
+                                            weight_key=self.reader.weight_key)
+        local = list(sums.values())
+        totals = self.ranks.sum(torch.stack([s.detach() for s, _ in local]
+                                            + [count for _, count in local]))
+        numerators, denominators = totals[: len(local)], totals[len(local):]
+        losses = {}
+        for (name, (local_sum, _)), numerator, denominator, present in zip(
+            sums.items(), numerators, denominators, (denominators > 0).tolist(), strict=True
+        ):
+            if present:  # the global value, the gradient of this rank's rows
+                mine = local_sum / denominator
+                losses[name] = numerator / denominator + (mine - mine.detach())
+        if not losses and not self.gradient_method:
+            # no labelled row on any rank: DDP still waits for a backward (all zeros)
+            sum(out_sum for out_sum, _ in local).mul(0).backward()
+        return losses, aux
+
+    def _backward(self, losses: dict[str, Tensor], aux: Tensor,
+                  representation: Tensor | None) -> Tensor:
+        weights = self.weighting.backward(
+            losses, self.model.shared_parameters(), self.model.task_parameters(),
+            representation,
+        )
+        if self.gradient_method:
+            self.ranks.sum_grads(self.model.parameters())
+        return weights
