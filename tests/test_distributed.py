@@ -22,6 +22,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import mtlzoo
+from mtlzoo.data.batches import IndexedBatches
+from mtlzoo.encoders import TextEncoder
 from mtlzoo.errors import MtlzooError
 
 WORLD = 2
@@ -34,7 +36,8 @@ METHODS = ["equal", "uncertainty", "dwa", "rlw", "pcgrad", "mgda", "cagrad", "gr
 CASES = ([(method, "joint") for method in METHODS]
          + [(method, "per_task") for method in METHODS]
          + [("equal", "per_task_sampled"), ("uncertainty", "per_task_sampled"),
-            ("mgda", "joint_encoder")])
+            ("mgda", "joint_encoder"), ("uncertainty", "joint_by_length"),
+            ("pcgrad", "joint_by_length")])
 
 
 def tasks() -> list[mtlzoo.Task]:
@@ -48,12 +51,21 @@ def joint_data(rows: int, seed: int) -> dict[str, torch.Tensor]:
     c = x[:, 2] + 0.1 * torch.randn(rows, generator=g, dtype=torch.float64)
     c[torch.rand(rows, generator=g) < 0.2] = float("nan")  # NaN: unlabelled
     return {
-        "x": x, "a": (x[:, 0] > 0).long(), "b": torch.bucketize(x[:, 1], torch.tensor([-.5, .5])),
-        "c": c,
+        "x": x, "a": (x[:, 0] > 0).long(), "c": c,
+        "b": torch.bucketize(x[:, 1].contiguous(), torch.tensor([-.5, .5])),
         "a_mask": torch.rand(rows, generator=g) < 0.6,  # False: unlabelled
         "b_mask": torch.rand(rows, generator=g) < 0.3,
         "weight": torch.rand(rows, generator=g, dtype=torch.float64) * 2,
     }
+
+
+def token_data(rows: int, seed: int) -> dict[str, torch.Tensor]:
+    """``joint_data`` with token ids (rows, 12) of lengths 1..12, right-padded, as ``x``."""
+    g = torch.Generator().manual_seed(seed + 10)
+    lengths = torch.randint(1, 13, (rows,), generator=g)
+    ids = torch.randint(1, 20, (rows, 12), generator=g)
+    ids[torch.arange(12) >= lengths[:, None]] = 0
+    return {**joint_data(rows, seed), "x": ids}
 
 
 def per_task_data(seed: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -66,7 +78,8 @@ def per_task_data(seed: int) -> dict[str, dict[str, torch.Tensor]]:
 def trainer(method: str, regime: str, batch_size: int, strategy: str,
             dropout: float = 0.0) -> mtlzoo.Trainer:
     torch.manual_seed(0)
-    encoder = nn.Linear(6, 5, dtype=torch.float64) if regime == "joint_encoder" else None
+    encoder = {"joint_encoder": nn.Linear(6, 5, dtype=torch.float64),
+               "joint_by_length": TextEncoder(20, 5, pooling="mean")}.get(regime)
     features = {"encoder": encoder} if encoder else {"in_features": 6}
     model = mtlzoo.create_model("mmoe", tasks=tasks(), num_experts=3, expert_dims=(8,),
                                 tower_dims=(4,), dropout=dropout, **features).double()
@@ -74,13 +87,16 @@ def trainer(method: str, regime: str, batch_size: int, strategy: str,
     sampling = "proportional" if regime == "per_task_sampled" else "round_robin"
     return mtlzoo.Trainer(model, weighting=method, weighting_options=options, lr=1e-2,
                           batch_size=batch_size, seed=3, progress=False, sampling=sampling,
-                          strategy=strategy)
+                          strategy=strategy,
+                          batching="by_length" if regime == "joint_by_length" else "shuffle")
 
 
 def train(method: str, regime: str, batch_size: int, strategy: str) -> dict:
     """Three epochs (DWA's weights move from the third on); the weights, history, metrics."""
     run = trainer(method, regime, batch_size, strategy)
-    if regime.startswith("joint"):
+    if regime == "joint_by_length":
+        train_data, eval_data = token_data(100, 1), token_data(61, 2)
+    elif regime.startswith("joint"):
         train_data, eval_data = joint_data(100, 1), joint_data(61, 2)
     else:
         train_data, eval_data = per_task_data(1), per_task_data(2)
@@ -230,6 +246,28 @@ def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(two_ranks, f
                 assert repr(got) == repr(value), (task, name)  # NaN too
             else:
                 assert got == pytest.approx(value, rel=1e-6, nan_ok=True), (task, name)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("by_length", [False, True])
+def test_the_ranks_slices_make_up_the_global_batches(shuffle, by_length):
+    data = token_data(203, 0)
+    data["row"] = torch.arange(203)
+    key = "x" if by_length else None
+
+    def batches(rank: int, world: int, batch_size: int) -> list:
+        source = IndexedBatches(data, batch_size, shuffle, 5, key, rank=rank, world=world)
+        return [batch for batch in source.passes(2)]
+
+    whole = batches(0, 1, 3 * 7)
+    shards = [batches(rank, 3, 7) for rank in range(3)]
+    assert all(len(shard) == len(whole) for shard in shards)
+    for step, batch in enumerate(whole):
+        rows = torch.cat([shard[step]["row"] for shard in shards])
+        assert torch.equal(rows, batch["row"])
+        if by_length:  # each slice trimmed to its own longest row
+            for shard in shards:
+                assert shard[step]["x"].shape[1] <= batch["x"].shape[1]
 
 
 def test_a_loader_is_refused_under_ddp(two_ranks):
