@@ -283,7 +283,7 @@ def test_strategy_is_checked():
         mtlzoo.Trainer(model, strategy="ddp")
 
 
-def test_a_killed_two_rank_run_resumes_bit_identically(two_ranks, base):
+def test_a_killed_two_rank_run_resumes_bit_identically(two_ranks, base, float64):
     spawn("killed", base / "killed", killed=True)
     resumed = spawn("resumed", base / "resumed")
     for rank in range(WORLD):
@@ -291,14 +291,10 @@ def test_a_killed_two_rank_run_resumes_bit_identically(two_ranks, base):
             for key, value in two_ranks[rank]["uninterrupted"][part].items():
                 assert torch.equal(resumed[rank][part][key], value), (rank, part, key)
     # another world size mid-epoch is refused, naming both
-    torch.set_default_dtype(torch.float64)
-    try:
-        one = trainer("uncertainty", "joint", BATCH, "none", dropout=0.2)
-        one.load(base / "run.pt")
-        with pytest.raises(MtlzooError, match=r"on 2 ranks, and this run has 1"):
-            one.fit(joint_data(100, 1), epochs=3)
-    finally:
-        torch.set_default_dtype(torch.float32)
+    one = trainer("uncertainty", "joint", BATCH, "none", dropout=0.2)
+    one.load(base / "run.pt")
+    with pytest.raises(MtlzooError, match=r"on 2 ranks, and this run has 1"):
+        one.fit(joint_data(100, 1), epochs=3)
 
 
 def test_torchrun_trains_from_the_command_line(tmp_path):
