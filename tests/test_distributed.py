@@ -78,8 +78,9 @@ def per_task_data(seed: int) -> dict[str, dict[str, torch.Tensor]]:
 def trainer(method: str, regime: str, batch_size: int, strategy: str,
             dropout: float = 0.0) -> mtlzoo.Trainer:
     torch.manual_seed(0)
-    encoder = {"joint_encoder": nn.Linear(6, 5, dtype=torch.float64),
-               "joint_by_length": TextEncoder(20, 5, pooling="mean")}.get(regime)
+    encoders = {"joint_encoder": lambda: nn.Linear(6, 5, dtype=torch.float64),
+                "joint_by_length": lambda: TextEncoder(20, 5, pooling="mean")}
+    encoder = encoders[regime]() if regime in encoders else None
     features = {"encoder": encoder} if encoder else {"in_features": 6}
     model = mtlzoo.create_model("mmoe", tasks=tasks(), num_experts=3, expert_dims=(8,),
                                 tower_dims=(4,), dropout=dropout, **features).double()
