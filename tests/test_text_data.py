@@ -759,6 +759,7 @@ def test_an_unreachable_hub_fails_in_seconds_not_half_a_minute(tmp_path):
         "try:\n"
         f"    text_classification('imdb', cache_dir={str(tmp_path / 'cache')!r})\n"
         "except MtlzooError as error:\n"
+        "    print(error)\n"
         "    print('data_dir=' in str(error), round(time.perf_counter() - start, 1))\n"
     )
     env = {key: value for key, value in os.environ.items()
@@ -768,6 +769,7 @@ def test_an_unreachable_hub_fails_in_seconds_not_half_a_minute(tmp_path):
                             env=env, timeout=120)
     found, seconds = result.stdout.split()[-2:]
     assert found == "True", result.stdout + result.stderr
+    assert "http://127.0.0.1:9 did not answer within 3 s" in result.stdout
     assert float(seconds) < 10, result.stderr
 
 

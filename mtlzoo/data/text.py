@@ -264,7 +264,8 @@ def _load_hub(canonical: str | None, hub_id: str, cache: str | None, text_column
     from huggingface_hub import constants
 
     offline = contextlib.ExitStack()
-    if not constants.HF_HUB_OFFLINE and not hub_reachable():
+    unreachable = not constants.HF_HUB_OFFLINE and not hub_reachable()
+    if unreachable:
         # datasets' own offline mode (HF_HUB_OFFLINE), for this call only: the cache or a
         # quick error; the variable itself is read once, when datasets is imported
         for module in (constants, datasets.config):
@@ -274,8 +275,10 @@ def _load_hub(canonical: str | None, hub_id: str, cache: str | None, text_column
             return datasets.load_dataset(hub_id, cache_dir=cache)
     except Exception as error:  # ConnectionError (offline, unreachable), not found, ...
         close = [] if canonical else difflib.get_close_matches(hub_id.lower(), _ALIASES, 1)
+        why = (f"{constants.ENDPOINT} did not answer within {PROBE_TIMEOUT:g} s and the "
+               "datasets cache has no copy" if unreachable else _short(error))
         raise DataLoadError(
-            f"could not load {hub_id!r} from the Hugging Face hub ({_short(error)})"
+            f"could not load {hub_id!r} from the Hugging Face hub ({why})"
             + (f"; did you mean {close[0]!r}?" if close else ""),
             "Without a network (or with HF_HUB_OFFLINE set), download the data elsewhere and "
             + _layout_hint(canonical, text_column, label_column),
