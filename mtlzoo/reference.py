@@ -4,6 +4,8 @@ They compute the same math as ``mtlzoo.layers`` one expert, gate, tower or task 
 the way most MTL code is written. The tests pin every batched kernel to them in float64 and
 the speed benchmarks measure against them. ``loop_version(model)`` copies a model with every
 batched kernel replaced by its loop version (same weights, same outputs).
+``packed_final_states`` is the text encoder's BiLSTM read the usual way, through packed
+sequences.
 """
 
 from __future__ import annotations
@@ -128,3 +130,13 @@ def _replace_kernels(module: nn.Module) -> None:
             _replace_kernels(child)
         else:
             setattr(module, name, loop_class(child))
+
+
+def packed_final_states(lstm: nn.LSTM, inputs: Tensor, lengths: Tensor) -> Tensor:
+    """What ``mtlzoo.encoders.text.final_states`` computes, the usual way: the rows packed
+    (``pack_padded_sequence``) through ``lstm``; the last layer's final hidden states of
+    both directions, (b, 2h)."""
+    packed = nn.utils.rnn.pack_padded_sequence(inputs, lengths.cpu(), batch_first=True,
+                                               enforce_sorted=False)
+    _, (hidden, _) = lstm(packed)  # (layers * 2, b, h)
+    return torch.cat([hidden[-2], hidden[-1]], dim=1)

@@ -38,32 +38,13 @@ def with_encoder(encoder_name: str) -> mtlzoo.MultiTaskModel:
                                bottom_dims=(8,), tower_dims=(4,)).eval()
 
 
-# The LSTM encoder reads each text to its own length through a PackedSequence, which torch
-# 2.13 can neither export nor compile as one graph; the mean-pooling encoder has no such limit.
-LSTM_LIMITS = {
-    "export": pytest.mark.xfail(
-        strict=True, raises=TypeError,
-        reason="nn.LSTM on a PackedSequence sizes its zero state by batch_sizes[0], a tensor "
-        "value, not an int (TypeError in torch.zeros); given that state, aten.lstm.data still "
-        "runs one step per entry of batch_sizes, a count set by the longest text (a value of "
-        "the tokens), which export cannot unroll (GuardOnDataDependentSymNode)",
-    ),
-    "compile": pytest.mark.xfail(
-        strict=True, raises=torch._dynamo.exc.Unsupported,
-        reason="dynamo skips torch.nn.utils.rnn.pack_padded_sequence (torch.nn is in its "
-        "MOD_SKIPLIST): a graph break, so fullgraph=True fails",
-    ),
-}
-
-
-def cases(check: str) -> list:
+def cases() -> list:
     """(model, batch of a given size) for every architecture, and shared_bottom on each encoder
     that reads something other than plain features."""
     models = [pytest.param(lambda name=name: build(name).eval(), features, id=name)
               for name in mtlzoo.list_models()]
     encoders = [
-        pytest.param(lambda name=name: with_encoder(name), make_batch, id=f"encoder-{name}",
-                     marks=LSTM_LIMITS[check] if name == "text_lstm" else ())
+        pytest.param(lambda name=name: with_encoder(name), make_batch, id=f"encoder-{name}")
         for name, make_batch in BATCH_MAKERS.items()
     ]
     return models + encoders
@@ -74,7 +55,7 @@ def batch_dim(example, dim):
     return tree_map(lambda _: {0: dim}, example)
 
 
-@pytest.mark.parametrize(("make_model", "make_batch"), cases("export"))
+@pytest.mark.parametrize(("make_model", "make_batch"), cases())
 def test_exports_with_a_dynamic_batch(make_model, make_batch):
     model = make_model()
     example = make_batch(EXPORT_BATCH)
@@ -87,20 +68,22 @@ def test_exports_with_a_dynamic_batch(make_model, make_batch):
 
 
 @pytest.mark.parametrize("marked", [False, True], ids=["automatic", "mark_dynamic"])
-@pytest.mark.parametrize(("make_model", "make_batch"), cases("compile"))
+@pytest.mark.parametrize(("make_model", "make_batch"), cases())
 def test_a_compiled_model_does_not_recompile_across_batch_sizes(make_model, make_batch, marked):
     """Unmarked, the second batch size recompiles once with a symbolic batch (automatic
     dynamic shapes) and that graph serves every later size; marked dynamic from the first call,
-    one graph serves all (``mark_dynamic`` raises if the code specializes the batch)."""
+    one graph serves all (``mark_dynamic`` raises if the code specializes the batch). Dynamo
+    traces the LSTM encoder's fused LSTM calls only with ``allow_rnn``."""
     torch._dynamo.reset()
     model = make_model()
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter, fullgraph=True)
-    for rows in BATCHES:
-        batch = make_batch(rows)
-        if marked:
-            tree_map(lambda tensor: torch._dynamo.mark_dynamic(tensor, 0), batch)
-        torch.testing.assert_close(compiled(batch), model(batch))
+    with torch._dynamo.config.patch(allow_rnn=True):
+        for rows in BATCHES:
+            batch = make_batch(rows)
+            if marked:
+                tree_map(lambda tensor: torch._dynamo.mark_dynamic(tensor, 0), batch)
+            torch.testing.assert_close(compiled(batch), model(batch))
     assert counter.frame_count == (1 if marked else 2)
 
 

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from torch import nn
 
 import mtlzoo
 from mtlzoo import MtlzooError, Task
@@ -76,6 +77,32 @@ def test_lstm_encoder_equals_reading_each_text_alone():
         torch.testing.assert_close(got[row], torch.cat([hidden[-2, 0], hidden[-1, 0]]))
     padded = torch.cat([ids, torch.zeros(4, 5, dtype=torch.long)], dim=1)  # more padding
     torch.testing.assert_close(encoder(padded), got)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_lstm_final_states_equal_packed_sequences_in_float64(num_layers):
+    """final_states (fused LSTM calls over the padded batch, the backward direction on each
+    row reversed) against nn.LSTM on packed sequences (mtlzoo.reference): outputs and every
+    gradient, for rows of every length, one at the full width and a one-token one."""
+    from mtlzoo.encoders.text import final_states
+    from mtlzoo.reference import packed_final_states
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(5, 4, num_layers=num_layers, batch_first=True, bidirectional=True).double()
+    lengths = torch.tensor([7, 3, 1, 5, 2, 7])
+    inputs = torch.randn(6, 7, 5, dtype=torch.float64)
+    inputs = inputs * (torch.arange(7) < lengths[:, None])[:, :, None]  # zero padding
+    probe = torch.randn(6, 8, dtype=torch.float64)  # a random direction for the gradients
+    results = []
+    for function in (packed_final_states, final_states):
+        lstm.zero_grad()
+        out = function(lstm, inputs, lengths)
+        (out * probe).sum().backward()
+        results.append((out, [p.grad.clone() for p in lstm.parameters()]))
+    (expected, expected_grads), (got, grads) = results
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    for grad, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, want, rtol=0, atol=1e-12)
 
 
 def test_mean_encoder_averages_the_non_pad_tokens():

@@ -300,8 +300,14 @@ def test_the_benchmark_script_writes_both_sides_tokens_per_second(tmp_path, monk
     argv = ["--steps", "1", "--processes", "1", "--rows", "300", "--out", str(tmp_path)]
     assert script("text_batching").main(argv) == 0
     table = pd.read_csv(tmp_path / "text_batching.csv")
-    assert list(table.batching) == ["shuffle", "by_length"] and (table.tokens_per_s > 0).all()
-    assert table.padding[1] < table.padding[0] / 2
-    assert len(pd.read_csv(tmp_path / "text_batching_runs.csv")) == 2
+    assert list(zip(table.lstm, table.batching, strict=True)) == [
+        ("packed", "shuffle"), ("packed", "by_length"), ("fused", "shuffle"),
+        ("fused", "by_length")]
+    assert (table.tokens_per_s > 0).all() and table.padding[1] < table.padding[0] / 2
+    assert len(pd.read_csv(tmp_path / "text_batching_runs.csv")) == 4
+    from mtlzoo.encoders import text as text_encoder
+    from mtlzoo.reference import packed_final_states
+
+    assert text_encoder.final_states is not packed_final_states  # the reference swapped back
     text = (tmp_path / "text_batching.md").read_text()
     assert "IMDb-like" in text and "--rows 300" in text and text in capsys.readouterr().out

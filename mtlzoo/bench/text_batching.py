@@ -1,5 +1,8 @@
 """Training throughput of the text recipe's model with ``batching="shuffle"`` against
-``"by_length"``: real (non-pad) tokens per second of training steps.
+``"by_length"``, and of its BiLSTM as mtlzoo runs it (fused LSTM calls over the padded
+batch, ``mtlzoo.encoders.text.final_states``) against the usual packed sequences
+(``mtlzoo.reference.packed_final_states``): real (non-pad) tokens per second of training
+steps.
 
 The model is the text recipe's: ``TextEncoder`` (embedding 128, BiLSTM hidden 128),
 ``shared_bottom`` with ``bottom_dims=(128,)`` and no towers, a binary sentiment task and a
@@ -12,10 +15,12 @@ median over processes (``benchmarks/text_batching.py``).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import torch
@@ -23,14 +28,17 @@ import torch
 import mtlzoo
 from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
 from mtlzoo.bench.speed import SpeedResult, in_fresh_process
-from mtlzoo.encoders import TextEncoder
+from mtlzoo.encoders import TextEncoder, text
+from mtlzoo.reference import packed_final_states
 
 MAX_LENGTH = 256
 VOCAB = 20_000
 EMBEDDING, HIDDEN, BOTTOM = 128, 128, (128,)  # the text recipe's model
 # per task: log-normal word counts (median, mean) before the cut at MAX_LENGTH, classes
 TEXTS = {"sentiment": (175.0, 230.0, 2), "topic": (38.0, 39.0, 4)}
-SIDES = ("shuffle", "by_length")
+BATCHINGS = ("shuffle", "by_length")
+LSTMS = ("packed", "fused")  # the reference, ours
+SIDES = [(lstm, batching) for lstm in LSTMS for batching in BATCHINGS]
 
 
 def token_data(rows: int, median: float, mean: float, classes: int, seed: int
@@ -52,11 +60,13 @@ def recipe_data(rows: int) -> dict[str, dict[str, torch.Tensor]]:
     return {task: token_data(rows, *TEXTS[task], seed=i) for i, task in enumerate(TEXTS)}
 
 
-def time_side(batching: str, steps: int, rows: int, threads: int, warmup: int = 3) -> dict:
+def time_side(lstm: str, batching: str, steps: int, rows: int, threads: int,
+              warmup: int = 3) -> dict:
     """Train the recipe's model ``warmup + steps`` steps with ``batching`` on ``threads``
-    threads; the real tokens per second over the last ``steps`` (the data fetched and
-    trimmed, forward, backward, Adam), the mean real tokens per step and the fraction of
-    padding in the batches."""
+    threads, its BiLSTM run ``lstm`` (``"fused"``, mtlzoo's, or ``"packed"``, the
+    reference, swapped in for this process); the real tokens per second over the last
+    ``steps`` (the data fetched and trimmed, forward, backward, Adam), the mean real tokens
+    per step and the fraction of padding in the batches."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     tasks = [mtlzoo.Task("sentiment"), mtlzoo.Task("topic", kind="multiclass", num_classes=4)]
@@ -76,10 +86,13 @@ def time_side(batching: str, steps: int, rows: int, threads: int, warmup: int = 
         return result
 
     trainer._step = timed_step
-    trainer.fit(recipe_data(rows), steps=warmup + steps)
+    reference = (mock.patch.object(text, "final_states", packed_final_states)
+                 if lstm == "packed" else contextlib.nullcontext())
+    with reference:
+        trainer.fit(recipe_data(rows), steps=warmup + steps)
     seconds = ends[-1] - ends[warmup - 1]
     timed_tokens, timed_cells = sum(tokens[warmup:]), sum(cells[warmup:])
-    return {"batching": batching, "tokens_per_s": timed_tokens / seconds,
+    return {"lstm": lstm, "batching": batching, "tokens_per_s": timed_tokens / seconds,
             "ms_per_step": 1000 * seconds / steps, "tokens_per_step": timed_tokens / steps,
             "padding": 1 - timed_tokens / timed_cells}
 
@@ -97,16 +110,18 @@ def benchmark(out: Path = RESULTS, steps: int = 20, processes: int = 3, rows: in
     threads = torch.get_num_threads()
     runs = []
     for i in range(processes):
-        for batching in SIDES if i % 2 == 0 else SIDES[::-1]:
-            print(f"round {i + 1}/{processes}: {batching}", file=sys.stderr)
-            runs.append({"process": i + 1, **in_fresh_process(time_side, batching, steps, rows,
-                                                            threads)})
+        for lstm, batching in SIDES if i % 2 == 0 else SIDES[::-1]:
+            print(f"round {i + 1}/{processes}: {lstm} LSTM, {batching}", file=sys.stderr)
+            runs.append({"process": i + 1, **in_fresh_process(time_side, lstm, batching, steps,
+                                                            rows, threads)})
     runs = pd.DataFrame(runs)
-    table = runs.groupby("batching", sort=False)[
+    table = runs.groupby(["lstm", "batching"], sort=False)[
         ["tokens_per_s", "ms_per_step", "tokens_per_step", "padding"]
-    ].median().reindex(list(SIDES)).reset_index()
-    per_round = runs.pivot(index="process", columns="batching", values="tokens_per_s")
-    ratios = per_round["by_length"] / per_round["shuffle"]
+    ].median().reindex(pd.MultiIndex.from_tuples(SIDES)).rename_axis(
+        ["lstm", "batching"]).reset_index()
+    per_round = runs.pivot(index="process", columns=["lstm", "batching"],
+                           values="tokens_per_s")
+    ratios = per_round[SIDES[-1]] / per_round[SIDES[0]]
     table["speedup"] = table.tokens_per_s / table.tokens_per_s.iloc[0]
     stats = _length_stats(rows)
     about = [
@@ -122,15 +137,25 @@ def benchmark(out: Path = RESULTS, steps: int = 20, processes: int = 3, rows: in
         f"`tokens_per_s`: real (non-pad) tokens trained per second over {steps} steps after "
         "3 warm-up steps (fetching and trimming the batches, forward, backward, Adam), the "
         f"median over {processes} fresh processes per side, the sides alternating; "
-        "`padding`: the fraction of the batches' cells that are padding. `speedup`: "
-        f"tokens/s over shuffle's; per round it ranged {ratios.min():.2f}-"
-        f"{ratios.max():.2f}x.",
+        "`padding`: the fraction of the batches' cells that are padding. `lstm`: `packed`, "
+        "the BiLSTM through packed sequences (`mtlzoo.reference.packed_final_states`, the "
+        "usual way), or `fused`, mtlzoo's (`mtlzoo.encoders.text.final_states`: fused LSTM "
+        "calls over the padded batch, the same outputs). `speedup`: tokens/s over the packed "
+        "LSTM with shuffled batches; for the fused LSTM with by_length batches it ranged "
+        f"{ratios.min():.2f}-{ratios.max():.2f}x per round.",
     ]
-    markdown = markdown_report(
-        "Text training throughput: length-aware batching", stamp(command), about, table,
-        after=[f"* `batching=\"by_length\"`: {table.speedup.iloc[1]:.2f}x the real tokens/s "
-               "of `\"shuffle\"`."],
-    )
+    speed = table.set_index(["lstm", "batching"]).tokens_per_s
+    packed, fused = speed["packed"], speed["fused"]
+    after = [
+        f"* `batching=\"by_length\"`: {packed['by_length'] / packed['shuffle']:.2f}x the real "
+        f"tokens/s of `\"shuffle\"` with the packed LSTM, "
+        f"{fused['by_length'] / fused['shuffle']:.2f}x with the fused one.",
+        f"* The fused LSTM: {fused['shuffle'] / packed['shuffle']:.2f}x the packed one's "
+        f"tokens/s with shuffled batches, {fused['by_length'] / packed['by_length']:.2f}x "
+        "with by_length.",
+    ]
+    markdown = markdown_report("Text training throughput: length-aware batching, fused LSTM",
+                               stamp(command), about, table, after=after)
     stem = out / "text_batching"
     return SpeedResult(table, write_result(stem, table, markdown, runs), markdown)
 
