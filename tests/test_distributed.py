@@ -110,20 +110,22 @@ def train(method: str, regime: str, batch_size: int, strategy: str) -> dict:
 # --- spawning 2 ranks ----------------------------------------------------------------------
 
 
-def _worker(rank: int, scenario: str, folder: str) -> None:
+def _worker(rank: int, scenario, folder: str) -> None:
     torch.set_num_threads(1)  # two ranks on two cores: more threads only contend
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
                             world_size=WORLD, timeout=timedelta(seconds=TIMEOUT / 2))
     try:
-        results = SCENARIOS[scenario](rank, Path(folder))
+        run = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+        results = run(rank, Path(folder))
         torch.save(results, Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def spawn(scenario: str, folder: Path, killed: bool = False) -> list:
-    """Run ``scenario`` on ``WORLD`` ranks; each rank's results. ``killed``: the ranks must
-    end by SIGKILL."""
+def spawn(scenario, folder: Path, killed: bool = False) -> list:
+    """Run ``scenario`` (a name of ``SCENARIOS``, or a module-level function ``(rank,
+    folder) -> results`` of another test module) on ``WORLD`` ranks; each rank's results.
+    ``killed``: the ranks must end by SIGKILL."""
     folder.mkdir(exist_ok=True)
     context = mp.start_processes(_worker, args=(scenario, str(folder)), nprocs=WORLD,
                                  join=False, start_method="spawn")

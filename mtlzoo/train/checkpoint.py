@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 
 from mtlzoo.errors import MtlzooError
 
@@ -131,7 +132,16 @@ def _sync_folder(folder: Path) -> None:
 def record(thing: object, state: dict, layout: dict) -> dict:
     """What a checkpoint keeps of a model, weighting or optimizer: its class, its ``layout``
     (what must match to load it: entries and shapes) and its state."""
-    return {"class": type(thing).__name__, "layout": layout, "state": state}
+    return {"class": class_name(thing), "layout": layout, "state": state}
+
+
+def class_name(thing: object) -> str:
+    """The name of ``thing``'s class; of a model FSDP2 sharded, that of the model's own
+    (FSDP2 makes it an instance of ``FSDP<class>``)."""
+    kind = type(thing)
+    if isinstance(thing, FSDPModule):
+        kind = next(base for base in kind.__mro__[1:] if not issubclass(base, FSDPModule))
+    return kind.__name__
 
 
 def shapes(state: Mapping[str, object]) -> dict[str, list[int]]:
@@ -143,7 +153,7 @@ def check_fits(what: str, saved: object, thing: object, layout: dict) -> None:
     """Refuse ``saved`` (a ``record``) unless it is of ``thing``'s class and ``layout``."""
     if not isinstance(saved, Mapping) or sorted(saved) != ["class", "layout", "state"]:
         raise MtlzooError(f"its {what} record is damaged")
-    ours = type(thing).__name__
+    ours = class_name(thing)
     if saved["class"] != ours:
         raise MtlzooError(f"it holds a {saved['class']} {what}, this trainer's is a {ours}")
     theirs = saved["layout"]

@@ -1,8 +1,11 @@
-"""Training on several processes with PyTorch's own engine: ``torch.distributed`` and
-``DistributedDataParallel`` (DDP).
+"""Training on several processes with PyTorch's own engine: ``torch.distributed``,
+``DistributedDataParallel`` (DDP) and FSDP2 (``fully_shard``).
 
 * ``init()`` starts the process group torchrun's environment describes;
 * ``resolve(strategy)`` gives the ``Ranks`` a trainer runs on (None: one process);
+* ``shard(model, weighting, ranks)`` shards a model with FSDP2 (``strategy="fsdp"``);
+  ``full_state``, ``shard_like`` and ``shard_optimizer_state`` move state dicts between
+  its sharded parameters and the whole tensors a checkpoint holds;
 * ``DistributedStep`` is the train step on N ranks that takes exactly the step one process
   takes on the N ranks' rows together (docs/distributed.md says how).
 """
@@ -15,14 +18,18 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from mtlzoo.data.batches import Batch
 from mtlzoo.data.schedule import JOINT
 from mtlzoo.errors import MtlzooError
+from mtlzoo.layers import StackedMLP
 from mtlzoo.losses import task_loss_sums
 from mtlzoo.train.step import TrainStep
-from mtlzoo.weighting import LossWeighting
+from mtlzoo.weighting import LossWeighting, Weighting
 from mtlzoo.weighting.base import GradientWeighting
 
 
@@ -58,32 +65,32 @@ def resolve(strategy: str) -> Ranks | None:
     """The ranks a trainer with ``strategy`` (checked by ``Options``) runs on; None for one
     process. ``"auto"``:
     DDP where a process group of more than one rank exists (or torchrun's environment
-    describes one, which ``init`` then starts), else one process; ``"ddp"``: DDP, which
-    needs a process group; ``"none"``: one process, even inside a group."""
-    if strategy == "fsdp":
-        raise MtlzooError("strategy='fsdp' (FSDP2) is not built yet; use 'ddp' or 'auto'")
+    describes one, which ``init`` then starts), else one process; ``"ddp"``: DDP and
+    ``"fsdp"``: FSDP2, which need a process group; ``"none"``: one process, even inside a
+    group."""
     if strategy == "none":
         return None
     if not init():
-        if strategy == "ddp":
+        if strategy in ("ddp", "fsdp"):
             raise MtlzooError(
-                "strategy='ddp' needs a process group: launch with torchrun (torchrun "
-                "--nproc-per-node N script.py) or call torch.distributed.init_process_group "
-                "first"
+                f"strategy={strategy!r} needs a process group: launch with torchrun "
+                "(torchrun --nproc-per-node N script.py) or call "
+                "torch.distributed.init_process_group first"
             )
         return None
     if strategy == "auto" and dist.get_world_size() == 1:
         return None
-    return Ranks()
+    return Ranks(sharded=strategy == "fsdp")
 
 
 class Ranks:
     """The ranks of the default process group, as a trainer sees them: ``rank``, ``size``,
-    the ``device`` collectives run on (CUDA under ``nccl``), and sums, gathers and
-    broadcasts over them."""
+    the ``device`` collectives run on (CUDA under ``nccl``), whether the model is
+    ``sharded`` (FSDP2) or replicated (DDP), and sums, gathers and broadcasts over them."""
 
-    def __init__(self) -> None:
+    def __init__(self, sharded: bool = False) -> None:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.sharded = sharded
         self.device = (torch.device("cuda", torch.cuda.current_device())
                        if dist.get_backend() == "nccl" else torch.device("cpu"))
 
@@ -116,6 +123,80 @@ class Ranks:
         return box[0]
 
 
+def shard(model: nn.Module, weighting: Weighting, ranks: Ranks) -> None:
+    """Shard ``model`` in place with FSDP2 over the ranks (a 1-D device mesh), rank 0's
+    weights on every rank. Each stacked MLP (experts, towers: weights (G, d, h), G the
+    expert or task axis) and the encoder is a unit, the model the root that holds the rest
+    (gates, output layers). Every parameter is split on its first axis, the expert or task
+    axis of a stacked weight, as FSDP2 does; one whose first axis is shorter than the number
+    of ranks (shared-bottom's one group) on its longest. Gradients are summed over the
+    ranks, not averaged: the losses are normalised by global counts. A gradient method is
+    refused (``MtlzooError``) before the model changes."""
+    if not isinstance(weighting, LossWeighting):
+        raise MtlzooError(
+            f"weighting {type(weighting).__name__} under strategy='fsdp': a gradient method "
+            "combines the per-task gradients of the shared parameters, which FSDP2 shards "
+            "and reduces as one sum (each rank would need T whole-model gradients, more "
+            "memory than DDP); train it with strategy='ddp', which makes it exact, or use a "
+            "loss weighting (equal, uncertainty, dwa, rlw, fixed weights)"
+        )
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+    mesh = init_device_mesh(ranks.device.type, (ranks.size,))
+    units = [module for module in model.modules() if isinstance(module, StackedMLP)]
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and any(True for _ in encoder.parameters()):
+        units.append(encoder)
+    def placement(param: nn.Parameter) -> Shard | None:
+        if param.dim() == 0 or param.shape[0] >= ranks.size:
+            return None  # FSDP2's default, Shard(0)
+        return Shard(max(range(param.dim()), key=param.shape.__getitem__))
+
+    for module in [*units, model]:
+        fully_shard(module, mesh=mesh, shard_placement_fn=placement)
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+
+
+def full_state(state):
+    """``state`` (a state dict, nested dicts and lists) with every ``DTensor`` gathered
+    whole onto the CPU; a collective that every rank calls. Plain tensors are kept."""
+    if isinstance(state, DTensor):
+        return state.full_tensor().cpu()
+    if isinstance(state, dict):
+        return {key: full_state(value) for key, value in state.items()}
+    if type(state) in (list, tuple):
+        return type(state)(full_state(value) for value in state)
+    return state
+
+
+def shard_like(state: dict, template: dict) -> dict:
+    """A model's whole ``state`` with each entry sharded as its ``template`` entry (this
+    model's ``state_dict()``) is: every rank keeps its own shard, no communication."""
+    return {key: _shard_as(value, template.get(key)) for key, value in state.items()}
+
+
+def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """An optimizer's whole ``state`` with the entries of each sharded parameter's shape
+    (Adam's moments) sharded as that parameter."""
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    per_param = {
+        index: {key: _shard_as(value, params[index])
+                if isinstance(value, Tensor) and value.shape == params[index].shape else value
+                for key, value in entries.items()}
+        for index, entries in state["state"].items()
+    }
+    return {**state, "state": per_param}
+
+
+def _shard_as(value, template):
+    """``value`` as a ``DTensor`` placed as ``template``, where that is one."""
+    if isinstance(template, DTensor) and not isinstance(value, DTensor):
+        return distribute_tensor(value.to(template.device), template.device_mesh,
+                                 template.placements, src_data_rank=None)
+    return value
+
+
 class StepForward(nn.Module):
     """The forward passes of one step as one call: a per-task step runs the model once per
     task's batch, and DDP expects one forward before each backward."""
@@ -146,7 +227,8 @@ class DistributedStep(TrainStep):
     see global values and get the same gradient on every rank. A gradient method sums the
     per-task gradients over the ranks before it combines them (``Weighting.rank_sum``) and
     the model's gradients are summed after. The model's initial state and the weighting's
-    are rank 0's."""
+    are rank 0's. Under FSDP2 (``ranks.sharded``, the model sharded by ``shard``) a loss
+    weighting's backward runs through FSDP2, whose reduce-scatter sums the gradients."""
 
     def __init__(self, model, weighting, optimizer, reader, grad_clip, ranks: Ranks) -> None:
         super().__init__(model, weighting, optimizer, reader, grad_clip)
@@ -161,21 +243,24 @@ class DistributedStep(TrainStep):
         if self.gradient_method:
             weighting.rank_sum, weighting.world_size = ranks.sum, ranks.size
         weighting.load_state_dict(ranks.broadcast(weighting.state_dict()))
+        if ranks.sharded:
+            self.module = StepForward(model)
+            return
         device = next(model.parameters()).device
-        self.ddp = DistributedDataParallel(
+        self.module = DistributedDataParallel(
             StepForward(model), device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True, forward_sync_buffers=False,
         )
-        self.ddp.register_comm_hook(None, _sum_hook)
+        self.module.register_comm_hook(None, _sum_hook)
 
     def _losses(self, step_batches: dict[str | None, Batch]
                 ) -> tuple[dict[str, Tensor], Tensor]:
         inputs = [(name, self.reader.inputs(batch)) for name, batch in step_batches.items()]
         if self.gradient_method:  # per-task gradients are summed by hand, not by DDP
-            with self.ddp.no_sync():
-                outputs = self.ddp(inputs)
+            with self.module.no_sync():
+                outputs = self.module(inputs)
         else:
-            outputs = self.ddp(inputs)
+            outputs = self.module(inputs)
         sums: dict[str, tuple[Tensor, Tensor]] = {}
         aux = None
         for (task_name, batch), out in zip(step_batches.items(), outputs, strict=True):

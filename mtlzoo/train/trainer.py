@@ -69,9 +69,11 @@ class Trainer:
     reads a batch's real tokens, not its padding (docs/training.md, "Length-aware
     batching"). ``strategy``: ``"auto"`` (DDP when more than one rank runs: a process group
     of more than one rank exists, or torchrun's environment describes one, which the
-    trainer then starts), ``"ddp"``, or ``"none"`` (one process); under DDP the ranks
-    together take exactly the steps one process takes with their global batch
-    (docs/distributed.md). Every option is checked here, before anything runs.
+    trainer then starts), ``"ddp"``, ``"fsdp"`` (FSDP2: the model's parameters, gradients
+    and optimizer state sharded across the ranks, experts on the expert axis; loss
+    weightings only), or ``"none"`` (one process); under DDP and FSDP2 the ranks together
+    take exactly the steps one process takes with their global batch (docs/distributed.md).
+    Every option is checked here, before anything runs.
 
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
     >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
@@ -123,6 +125,8 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.weighting = make_weighting(weighting, model.tasks, weighting_options)
         self.weighting.to(self.device)
+        if self.ranks is not None and self.ranks.sharded:  # before the optimizer sees them
+            distributed.shard(model, self.weighting, self.ranks)
         params = [*model.parameters(), *self.weighting.parameters()]
         self.optimizer = make_optimizer(optimizer, params, self.options)
         self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -244,7 +248,8 @@ class Trainer:
             ) from None
         stopping = self.state.stopping
         if early_stopping and not self.state.mid_epoch and stopping.weights is not None:
-            self.model.load_state_dict(stopping.weights)
+            self.model.load_state_dict(distributed.shard_like(stopping.weights,
+                                                              self.model.state_dict()))
         return self.history
 
     def _run(self, schedule, eval_sources, stop_reason: Callable[[], str | None], early: bool,
@@ -401,10 +406,10 @@ class Trainer:
         are no longer finite is never saved: ``MtlzooError``, and the file stays as it was.
         Under DDP every rank calls it: rank 0 writes, with every rank's RNG states."""
         path = Path(path)
-        model_state = self.model.state_dict()
+        model_state = distributed.full_state(self.model.state_dict())  # FSDP2: gathered
         self._check_finite(path, model_state)
         weighting_state = self.weighting.state_dict()
-        optimizer_state = self.optimizer.state_dict()
+        optimizer_state = distributed.full_state(self.optimizer.state_dict())
         rng = _rng_state(self.device)
         if self.ranks is not None:
             rng["ranks"] = self.ranks.gather(rng)
@@ -412,7 +417,7 @@ class Trainer:
             "model": record(self.model, model_state, self._model_layout(model_state)),
             "weighting": record(self.weighting, weighting_state, shapes(weighting_state)),
             "optimizer": record(self.optimizer, optimizer_state, self._optimizer_layout()),
-            "trainer": self.state.to_dict(),
+            "trainer": distributed.full_state(self.state.to_dict()),
             "rng": rng,
         }))
         self._saved = (path, self.state.step)
@@ -476,11 +481,12 @@ class Trainer:
                 copy.deepcopy(self.optimizer.state_dict()), _rng_state(self.device))
 
     def _restore(self, model: dict, weighting: dict, optimizer: dict, rng: dict) -> None:
-        self.model.load_state_dict(model)
+        self.model.load_state_dict(distributed.shard_like(model, self.model.state_dict()))
         self.weighting.load_state_dict(weighting)
         hyperparameters = [{k: v for k, v in group.items() if k != "params"}
                            for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(optimizer)
+        self.optimizer.load_state_dict(distributed.shard_optimizer_state(optimizer,
+                                                                        self.optimizer))
         for group, kept in zip(self.optimizer.param_groups, hyperparameters, strict=True):
             group.update(kept)
         _set_rng_state(rng)
