@@ -3,6 +3,7 @@ weighting they name."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ from mtlzoo.tasks import Task
 from mtlzoo.weighting import Weighting, create_weighting
 
 STRATEGIES = ("auto", "ddp", "fsdp", "none")  # how many processes train, and how
+# precision -> the dtype the forward passes autocast to (None: no autocast)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+# the keyword arguments of torch.compile that Trainer(compile={...}) may set
+COMPILE_OPTIONS = tuple(name for name in inspect.signature(torch.compile).parameters
+                        if name != "model")
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -55,6 +61,8 @@ class Options:
     progress: bool = True
     device: torch.device | None = None
     strategy: str = "auto"
+    precision: str = "fp32"
+    compile: bool | Mapping[str, object] = False
 
     def __post_init__(self) -> None:
         _checks.real("lr", self.lr, positive=True)
@@ -93,6 +101,18 @@ class Options:
         _checks.boolean("progress", self.progress)
         object.__setattr__(self, "device", check_device(self.device))
         _checks.choice("strategy", self.strategy, STRATEGIES)
+        _checks.choice("precision", self.precision, tuple(PRECISIONS))
+        if not isinstance(self.compile, bool):
+            _checks.mapping("compile", self.compile,
+                            "True, False or a dict of torch.compile's keyword arguments")
+            for key in self.compile:
+                if key not in COMPILE_OPTIONS:
+                    raise MtlzooError(
+                        f"compile has the key {key!r}, which torch.compile does not take."
+                        f"{suggest(str(key), COMPILE_OPTIONS)} It takes: "
+                        f"{', '.join(COMPILE_OPTIONS)}"
+                    )
+            object.__setattr__(self, "compile", dict(self.compile))
 
 
 def check_device(value: object) -> torch.device | None:

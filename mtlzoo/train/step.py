@@ -3,8 +3,9 @@ clipping, the optimizer step."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,7 @@ from mtlzoo.data.batches import Batch
 from mtlzoo.data.schedule import JOINT
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import check_row_weights, task_loss
-from mtlzoo.models.base import MultiTaskModel
+from mtlzoo.models.base import ModelOutput, MultiTaskModel
 from mtlzoo.tasks import Task
 from mtlzoo.weighting import Weighting
 
@@ -70,9 +71,37 @@ class BatchReader:
         return _to(weights, self.device)
 
 
+@contextlib.contextmanager
+def autocast(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """The model's forward passes inside under ``torch.autocast`` to ``dtype`` (None: as
+    they are), its logits and ``aux_loss`` handed back in fp32: the weights stay fp32, the
+    losses are computed in fp32."""
+    if dtype is None:
+        yield
+        return
+    handle = model.register_forward_hook(_in_fp32)
+    try:
+        with torch.autocast(next(model.parameters()).device.type, dtype=dtype):
+            yield
+    finally:
+        handle.remove()
+
+
+def _in_fp32(module: nn.Module, args: object, out: ModelOutput) -> ModelOutput:
+    return out._replace(logits={name: _fp32(logits) for name, logits in out.logits.items()},
+                        aux_loss=_fp32(out.aux_loss))
+
+
+def _fp32(value: Tensor) -> Tensor:
+    return value.float() if value.dtype in (torch.bfloat16, torch.float16) else value
+
+
 class TrainStep:
     """``step(batches, number)`` trains on one step's batches and returns each task's
-    ``(loss, weight)``; a step whose batches carry no label returns ``{}``."""
+    ``(loss, weight)``; a step whose batches carry no label returns ``{}``. ``autocast``:
+    the dtype the forward passes autocast to (``Trainer(precision="bf16")``), or None."""
+
+    autocast: torch.dtype | None = None
 
     def __init__(self, model: MultiTaskModel, weighting: Weighting,
                  optimizer: torch.optim.Optimizer, reader: BatchReader,
@@ -90,7 +119,11 @@ class TrainStep:
             lambda module, args, output: representations.append(output)
         )
         try:
-            losses, aux = self._losses(step_batches)
+            if self.autocast is None:
+                losses, aux = self._losses(step_batches)
+            else:
+                with autocast(self.model, self.autocast):
+                    losses, aux = self._losses(step_batches)
         finally:
             if hook is not None:
                 hook.remove()

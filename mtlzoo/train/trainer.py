@@ -41,10 +41,17 @@ from mtlzoo.train.checkpoint import (
     shapes,
     write_checkpoint,
 )
-from mtlzoo.train.options import LR_SCHEDULES, Options, make_optimizer, make_weighting
+from mtlzoo.train.options import (
+    LR_SCHEDULES,
+    PRECISIONS,
+    Options,
+    make_optimizer,
+    make_weighting,
+)
 from mtlzoo.train.state import EarlyStopping, LossSums, TrainerState
-from mtlzoo.train.step import BatchReader, NonFiniteLoss, TrainStep
+from mtlzoo.train.step import BatchReader, NonFiniteLoss, TrainStep, autocast
 from mtlzoo.weighting import Weighting
+from mtlzoo.weighting.base import GradientWeighting
 
 
 class Trainer:
@@ -75,6 +82,13 @@ class Trainer:
     take exactly the steps one process takes with their global batch (docs/distributed.md).
     Every option is checked here, before anything runs.
 
+    ``precision``: ``"fp32"``, or ``"bf16"``: the forward passes (training and evaluation)
+    under ``torch.autocast`` to bfloat16 on the model's device, the weights, the losses,
+    the metrics and the gradient methods' Gram matrices in fp32. ``compile``: True
+    compiles the model in place (``nn.Module.compile``, so its state dict keeps its keys),
+    a dict gives ``torch.compile``'s keyword arguments (``{"mode": "max-autotune"}``). See
+    docs/training.md, "Precision and compilation".
+
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
     >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
     >>> trainer.evaluate(data["test"])                  # per-task metrics, a DataFrame
@@ -102,6 +116,8 @@ class Trainer:
         progress: bool = True,
         device: str | torch.device | None = None,
         strategy: str = "auto",
+        precision: str = "fp32",
+        compile: bool | Mapping[str, object] = False,
     ) -> None:
         if not isinstance(model, MultiTaskModel):
             raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
@@ -111,6 +127,7 @@ class Trainer:
             weight_key=weight_key,
             label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
             seed=seed, progress=progress, device=device, strategy=strategy,
+            precision=precision, compile=compile,
         )
         self.ranks = distributed.resolve(self.options.strategy)  # None: one process
         if self.ranks is not None:
@@ -125,6 +142,13 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.weighting = make_weighting(weighting, model.tasks, weighting_options)
         self.weighting.to(self.device)
+        if self.options.compile is not False and isinstance(self.weighting, GradientWeighting):
+            raise MtlzooError(
+                f"compile={self.options.compile!r} with the gradient method "
+                f"{type(self.weighting).__name__}: its per-task gradients are one backward "
+                "batched over the tasks (vmap), which torch's compiled backward does not "
+                "support; use a loss weighting (equal, uncertainty, dwa, ...) or compile=False"
+            )
         if self.ranks is not None and self.ranks.sharded:  # before the optimizer sees them
             distributed.shard(model, self.weighting, self.ranks)
         params = [*model.parameters(), *self.weighting.parameters()]
@@ -138,6 +162,9 @@ class Trainer:
             distributed.DistributedStep(model, self.weighting, self.optimizer, self.reader,
                                         self.options.grad_clip, self.ranks)
         )
+        self._step.autocast = PRECISIONS[self.options.precision]
+        if self.options.compile is not False:  # in place: the state dict keeps its keys
+            model.compile(**({} if self.options.compile is True else self.options.compile))
         self.state = TrainerState()
         self._saved: tuple[Path, int] | None = None  # the last checkpoint written or read
         self._resumed = False  # a checkpoint was loaded and no fit has run since
@@ -375,7 +402,9 @@ class Trainer:
         collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
         for task_name, source in sources:
             for batch in source.passes(0):
-                out = self.model(self.reader.inputs(batch), tasks=task_name and [task_name])
+                with autocast(self.model, PRECISIONS[self.options.precision]):
+                    out = self.model(self.reader.inputs(batch),
+                                     tasks=task_name and [task_name])
                 for name, logits in out.logits.items():
                     labels, mask = self.reader.labels(batch, name, task_name is not JOINT)
                     labels, labelled = labelled_rows(self.tasks[name], labels, mask)
@@ -537,7 +566,9 @@ class Trainer:
     def _signature(self, schedule: JointSchedule | TaskSchedule) -> dict:
         world = {} if self.ranks is None else {"world_size": self.ranks.size}
         return {"seed": self.options.seed, "batching": self.options.batching,
-                **schedule.signature(), **world}
+                **schedule.signature(), **world,
+                **({} if self.options.precision == "fp32"
+                   else {"precision": self.options.precision})}
 
     def _check_data(self, schedule: JointSchedule | TaskSchedule) -> str | None:
         """Mid-epoch, the data must be that of the steps taken (``MtlzooError`` otherwise);
@@ -546,7 +577,8 @@ class Trainer:
         if saved is not None and "batching" not in saved:  # saved before batching= existed
             saved = {**saved, "batching": "shuffle"}
         if saved is not None:  # one process: no world_size in the signature
-            saved, now = {"world_size": 1, **saved}, {"world_size": 1, **now}
+            saved, now = ({"world_size": 1, "precision": "fp32", **saved},
+                          {"world_size": 1, "precision": "fp32", **now})
         if saved is None or saved == now:
             return None
         changes = "; ".join(_differences(saved, now))
@@ -562,8 +594,8 @@ class Trainer:
             raise MtlzooError(
                 f"the run stopped after {self.state.position.steps} steps of epoch "
                 f"{self.state.epoch + 1} on other data than this: {changes}. Resume with the "
-                "data, batch_size, batching, seed and sampling it was saved with, or start "
-                "afresh"
+                "data, batch_size, batching, seed, sampling and precision it was saved with, "
+                "or start afresh"
             )
         return changes if self._resumed else None
 

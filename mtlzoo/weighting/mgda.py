@@ -71,7 +71,7 @@ class MGDA(GradientWeighting):
         grads, _ = task_gradients(values, [representation], retain_graph=True)
         # under DDP each rank holds other rows of Z: the Gram matrix is the ranks' sum
         gram = gram_matrix(grads, self.rank_sum)
-        alpha = self.alpha_from_gram(gram, values.detach()).to(grads)
+        alpha = self.alpha_from_gram(gram, values.detach()).to(values)  # fp32 under bf16
         (alpha.detach() * values).sum().backward()
         return alpha.detach()
 
