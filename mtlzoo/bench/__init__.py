@@ -30,6 +30,7 @@ Speed: ratios within one run, never timed tests
                         with the CPU targets (``benchmarks/speed.py``), the demo's line
     ``peers``           our MMoE and PLE against torch-rechub's and DeepCTR-Torch's
                         (``mtlzoo bench speed --peers``, the ``[peers]`` extra)
+    ``compile_speed``   trainer step eager, compiled, bf16 (``benchmarks/compile_speed.py``)
     ``task_gradients``  per-task gradients, one vectorised backward against T backward
                         passes (``benchmarks/task_gradients.py``)
     ``text_batching``   real tokens/s of the text recipe's model, ``batching="shuffle"``
