@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
         help="start afresh and overwrite a --checkpoint file that cannot be resumed from",
     )
     _training_options(train, epochs=3)
+    train.add_argument(
+        "--threads", type=_positive_int,
+        help="torch's CPU threads (default torch's: one a core); 1 is often faster on a "
+             "machine busy with other work, and for each rank under torchrun",
+    )
 
     demo = commands.add_parser(
         "demo", help="the synthetic quality suite at demo size (a few minutes on 2 cores)"
@@ -183,6 +188,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
     if args.command == "bench":
         return _bench(args, command)
     _check_train_options(parser, args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.recipe:
         return _recipe(args, command)
     if not args.model:

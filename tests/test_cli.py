@@ -118,3 +118,17 @@ def test_bad_command_exits_with_usage(argv):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     assert exit_info.value.code == 2
+
+
+def test_train_takes_the_number_of_threads(monkeypatch, capsys):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    argv = ["train", "--model", "mmoe", "--rows", "200", "--epochs", "1", "--quiet",
+            "--threads", "1"]
+    assert cli.main(argv) == 0
+    assert calls == [1]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model", "mmoe", "--threads", "0"])
+    assert "--threads: must be a positive integer, got 0" in capsys.readouterr().err
