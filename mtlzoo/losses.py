@@ -123,13 +123,9 @@ def task_loss(
     weights' batch column ``weight_key`` when given. The weight values are checked by
     :func:`check_row_weights`, not here.
     """
-    labels, labelled, row_weights = _row_weights(task, logits, labels, mask, weights, weight_key)
-    total = row_weights.sum()
-    if not labelled.any() or total == 0:
-        return None
-    row_losses = _per_row(task, "its loss function's output", task.row_loss(logits, labels),
-                          len(labels))
-    return (row_losses * row_weights).sum() / total
+    weighted, total = task_loss_sums(task, logits, labels, mask, weights,
+                                     weight_key=weight_key)
+    return None if total == 0 else weighted / total  # no labelled row weighs 0 too
 
 
 def task_loss_sums(
@@ -145,7 +141,7 @@ def task_loss_sums(
     its gradient) and ``sum_n w_n m_n`` (detached), both 0 when no row is labelled; no
     host sync. Summed over the ranks of a distributed run, their ratio is the loss of the
     rows of every rank together."""
-    labels, _, row_weights = _row_weights(task, logits, labels, mask, weights, weight_key)
+    labels, row_weights = _row_weights(task, logits, labels, mask, weights, weight_key)
     row_losses = _per_row(task, "its loss function's output", task.row_loss(logits, labels),
                           len(labels))
     return (row_losses * row_weights).sum(), row_weights.sum().detach()
@@ -153,9 +149,9 @@ def task_loss_sums(
 
 def _row_weights(task: Task, logits: Tensor, labels: Tensor, mask: Tensor | None,
                  weights: Tensor | None, weight_key: str | None
-                 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(labels, labelled, row weights)``: the checked labels (0 where missing), the rows
-    that carry one, and each row's weight in the loss (0 where unlabelled)."""
+                 ) -> tuple[Tensor, Tensor]:
+    """``(labels, row weights)``: the checked labels (0 where missing) and each row's
+    weight in the loss (0 where unlabelled)."""
     labels, labelled = labelled_rows(task, labels, mask)
     n = len(labels)
     if logits.shape != (n, task.out_features):
@@ -167,7 +163,7 @@ def _row_weights(task: Task, logits: Tensor, labels: Tensor, mask: Tensor | None
     if weights is not None:
         weights = _per_row(task, _weights_name(weight_key), weights, n)
         row_weights = row_weights * weights.to(logits.dtype)
-    return labels, labelled, row_weights
+    return labels, row_weights
 
 
 def check_row_weights(weights: Tensor, *, weight_key: str | None = None) -> None:
