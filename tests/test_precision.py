@@ -68,12 +68,6 @@ def test_options_are_checked(option, value, named):
         trainer(**{option: value})
 
 
-@pytest.mark.parametrize("method", ["mgda", "pcgrad"])
-def test_compile_refuses_a_gradient_method(method):
-    with pytest.raises(MtlzooError, match=r"compile=True with the gradient method.*vmap"):
-        trainer(weighting=method, compile=True)
-
-
 def test_defaults_are_fp32_and_eager():
     t = trainer()
     assert t.options.precision == "fp32" and t.options.compile is False
@@ -234,6 +228,37 @@ def test_the_lstm_text_encoder_trains_compiled_as_eager():
     compiled = fitted({"backend": "aot_eager"}, net(), data)
     torch.testing.assert_close(flat(compiled.model), flat(eager.model))
     pd.testing.assert_frame_equal(compiled.evaluate(data), eager.evaluate(data), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["mgda", "pcgrad", "cagrad", "gradnorm", "imtl"])
+def test_a_gradient_method_trains_compiled_as_eager(method):
+    """Per-task gradients take one backward per task through the compiled graph (a
+    compiled backward cannot be batched over the tasks)."""
+    torch._dynamo.reset()
+    eager = fitted(False, weighting=method)
+    compiled = fitted({"backend": "aot_eager"}, weighting=method)
+    torch.testing.assert_close(flat(compiled.model), flat(eager.model))
+    assert compiled.weighting.batched_backward is False and eager.weighting.batched_backward
+
+
+def test_mgda_upper_bound_trains_compiled_as_eager_through_the_lstm():
+    """MGDA-UB back-propagates each task to the encoder's output, then the whole graph:
+    the compiled LSTM encoder is one graph (no break) that serves both."""
+    def net():
+        torch.manual_seed(0)
+        return mtlzoo.create_model("mmoe", tasks=[Task("a"), Task("b")],
+                                   encoder=mtlzoo.encoders.TextEncoder(50, 8, 6),
+                                   num_experts=2, expert_dims=(8,), tower_dims=(4,))
+
+    data = text_data(100)
+    data["b"] = (data["x"][:, 1] > 25).float()
+    options = {"weighting": "mgda", "weighting_options": {"upper_bound": True}}
+    torch._dynamo.reset()
+    eager = fitted(False, net(), data, **options)
+    counter = CompileCounter()
+    compiled = fitted({"backend": counter}, net(), data, **options)
+    torch.testing.assert_close(flat(compiled.model), flat(eager.model))
+    assert counter.frame_count == 2  # one graph, then one with a symbolic batch
 
 
 def test_a_compiled_trainer_under_ddp_trains_as_the_eager_one(one_rank):

@@ -697,3 +697,31 @@ def test_the_trainer_hands_mgda_the_encoder_output_in_the_joint_regime(monkeypat
         trainer = mtlzoo.Trainer(model, weighting="mgda", batch_size=32, progress=False)
         trainer.fit(data, eval=data, steps=1)
     assert seen == [(32, 6), None, None]  # per-task regime: two forwards, no single Z
+
+
+@pytest.mark.parametrize("retain_graph", [False, True])
+def test_task_gradients_one_pass_per_task_equal_the_batched_pass(retain_graph):
+    """``batched=False`` (a compiled model's backward) gives the batched Jacobian, zeros
+    where a task does not reach a parameter, and keeps the graph only when asked."""
+    from mtlzoo.weighting.gradients import task_gradients
+
+    torch.manual_seed(0)
+    shared = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    heads = [torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    x = torch.randn(7, 5, dtype=torch.float64)
+
+    def losses():
+        z = torch.tanh(x @ shared)
+        return torch.stack([(z @ head).pow(2).mean() for head in heads])
+
+    expected = task_gradients(losses(), [shared], heads)
+    values = losses()
+    got = task_gradients(values, [shared], heads, batched=False, retain_graph=retain_graph)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-14)
+    assert got[1][0, 3:].abs().sum() == 0  # task 0 does not reach head 1
+    if retain_graph:
+        values.sum().backward()
+    else:
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            values.sum().backward()

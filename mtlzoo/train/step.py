@@ -87,6 +87,23 @@ def autocast(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
         handle.remove()
 
 
+def compiled_model_config(compiled: bool) -> contextlib.AbstractContextManager:
+    """The settings a compiled model's forward and backward passes run under (none when
+    ``compiled`` is False): dynamo traces ``torch.lstm`` (``allow_rnn``: the text encoder
+    compiles as one graph), and the compiled backward keeps its buffers, so that per-task
+    gradients and an ``aux_loss`` can back-propagate through one forward more than once
+    (``retain_graph=True``)."""
+    if not compiled:
+        return contextlib.nullcontext()
+    import torch._dynamo.config
+    import torch._functorch.config
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch._dynamo.config.patch(allow_rnn=True))
+    stack.enter_context(torch._functorch.config.patch(donated_buffer=False))
+    return stack
+
+
 def _in_fp32(module: nn.Module, args: object, out: ModelOutput) -> ModelOutput:
     return out._replace(logits={name: _fp32(logits) for name, logits in out.logits.items()},
                         aux_loss=_fp32(out.aux_loss))
@@ -99,9 +116,11 @@ def _fp32(value: Tensor) -> Tensor:
 class TrainStep:
     """``step(batches, number)`` trains on one step's batches and returns each task's
     ``(loss, weight)``; a step whose batches carry no label returns ``{}``. ``autocast``:
-    the dtype the forward passes autocast to (``Trainer(precision="bf16")``), or None."""
+    the dtype the forward passes autocast to (``Trainer(precision="bf16")``), or None;
+    ``compiled``: the model is compiled (``Trainer(compile=True)``)."""
 
     autocast: torch.dtype | None = None
+    compiled: bool = False
 
     def __init__(self, model: MultiTaskModel, weighting: Weighting,
                  optimizer: torch.optim.Optimizer, reader: BatchReader,
@@ -112,6 +131,11 @@ class TrainStep:
 
     def __call__(self, step_batches: dict[str | None, Batch], number: int
                  ) -> dict[str, tuple[float, float]]:
+        with compiled_model_config(self.compiled):
+            return self._train(step_batches, number)
+
+    def _train(self, step_batches: dict[str | None, Batch], number: int
+               ) -> dict[str, tuple[float, float]]:
         self.model.train()
         representations: list[Tensor] = []  # the encoder's outputs in this step (MGDA-UB)
         encoder = self.model.encoder
@@ -119,11 +143,8 @@ class TrainStep:
             lambda module, args, output: representations.append(output)
         )
         try:
-            if self.autocast is None:
+            with autocast(self.model, self.autocast):
                 losses, aux = self._losses(step_batches)
-            else:
-                with autocast(self.model, self.autocast):
-                    losses, aux = self._losses(step_batches)
         finally:
             if hook is not None:
                 hook.remove()

@@ -49,9 +49,14 @@ from mtlzoo.train.options import (
     make_weighting,
 )
 from mtlzoo.train.state import EarlyStopping, LossSums, TrainerState
-from mtlzoo.train.step import BatchReader, NonFiniteLoss, TrainStep, autocast
+from mtlzoo.train.step import (
+    BatchReader,
+    NonFiniteLoss,
+    TrainStep,
+    autocast,
+    compiled_model_config,
+)
 from mtlzoo.weighting import Weighting
-from mtlzoo.weighting.base import GradientWeighting
 
 
 class Trainer:
@@ -142,13 +147,8 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.weighting = make_weighting(weighting, model.tasks, weighting_options)
         self.weighting.to(self.device)
-        if self.options.compile is not False and isinstance(self.weighting, GradientWeighting):
-            raise MtlzooError(
-                f"compile={self.options.compile!r} with the gradient method "
-                f"{type(self.weighting).__name__}: its per-task gradients are one backward "
-                "batched over the tasks (vmap), which torch's compiled backward does not "
-                "support; use a loss weighting (equal, uncertainty, dwa, ...) or compile=False"
-            )
+        if self.options.compile is not False:  # a compiled backward cannot be batched
+            self.weighting.batched_backward = False
         if self.ranks is not None and self.ranks.sharded:  # before the optimizer sees them
             distributed.shard(model, self.weighting, self.ranks)
         params = [*model.parameters(), *self.weighting.parameters()]
@@ -163,6 +163,7 @@ class Trainer:
                                         self.options.grad_clip, self.ranks)
         )
         self._step.autocast = PRECISIONS[self.options.precision]
+        self._step.compiled = self.options.compile is not False
         if self.options.compile is not False:  # in place: the state dict keeps its keys
             model.compile(**({} if self.options.compile is True else self.options.compile))
         self.state = TrainerState()
@@ -402,7 +403,8 @@ class Trainer:
         collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
         for task_name, source in sources:
             for batch in source.passes(0):
-                with autocast(self.model, PRECISIONS[self.options.precision]):
+                with (autocast(self.model, PRECISIONS[self.options.precision]),
+                      compiled_model_config(self.options.compile is not False)):
                     out = self.model(self.reader.inputs(batch),
                                      tasks=task_name and [task_name])
                 for name, logits in out.logits.items():

@@ -38,10 +38,13 @@ class Weighting(nn.Module):
     ``world_size``: a gradient method then sums the per-task gradients over the ranks
     before it combines them, and leaves ``1 / world_size`` of the shared update in ``.grad``
     on each rank; the trainer sums the model's ``.grad`` over the ranks afterwards.
+    For a compiled model it sets ``batched_backward = False``: per-task gradients then take
+    one backward pass per task, since a compiled backward cannot be batched over the tasks.
     """
 
     rank_sum: Callable[[Tensor], Tensor] | None = None
     world_size: int = 1
+    batched_backward: bool = True
 
     def __init__(self, task_names: Sequence[str | Task]) -> None:
         super().__init__()
@@ -123,7 +126,8 @@ class GradientWeighting(Weighting):
 
         task_index(self.task_names, list(losses))  # names checked, at least one
         values = torch.stack(list(losses.values()))
-        shared_grads, specific_grads = task_gradients(values, shared, specific)
+        shared_grads, specific_grads = task_gradients(values, shared, specific,
+                                                       batched=self.batched_backward)
         update, weights = self.combine(self.summed(shared_grads), values.detach())
         accumulate_flat(shared, self.share(update))
         accumulate_flat(specific, specific_grads.sum(dim=0))

@@ -22,19 +22,29 @@ def task_gradients(
     specific: Sequence[Tensor] = (),
     *,
     retain_graph: bool = False,
+    batched: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The Jacobian of ``losses`` (t,) w.r.t. the parameters, one row per task.
 
     One backward pass batched over the t tasks (``is_grads_batched=True``), not t passes
-    with ``retain_graph=True``. Returns ``(shared (t, p_shared), specific (t, p_specific))``;
+    with ``retain_graph=True``; ``batched=False`` takes the t passes (a compiled model's
+    backward cannot be batched). Returns ``(shared (t, p_shared), specific (t, p_specific))``;
     a parameter a loss does not reach gets zeros.
     """
     params = [*shared, *specific]
-    eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
-    grads = torch.autograd.grad(
-        losses, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True,
-        materialize_grads=True, retain_graph=retain_graph,
-    )
+    if batched:
+        eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
+        grads = torch.autograd.grad(
+            losses, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True,
+            materialize_grads=True, retain_graph=retain_graph,
+        )
+    else:
+        rows = [
+            torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True,
+                                retain_graph=retain_graph or task < len(losses) - 1)
+            for task, loss in enumerate(losses)
+        ]
+        grads = tuple(torch.stack(per_param) for per_param in zip(*rows, strict=True))
     flat = [g.reshape(len(losses), -1) for g in grads]
     empty = losses.new_zeros(len(losses), 0)
     shared_flat = torch.cat(flat[: len(shared)], dim=1) if shared else empty

@@ -57,7 +57,8 @@ class GradNorm(GradientWeighting):
     ) -> Tensor:
         index = task_index(self.task_names, list(losses))
         values = torch.stack(list(losses.values()))
-        shared_grads, specific_grads = task_gradients(values, shared, specific)
+        shared_grads, specific_grads = task_gradients(values, shared, specific,
+                                                       batched=self.batched_backward)
         update, weights = self._combine(self.summed(shared_grads), values.detach(), index)
         accumulate_flat(shared, self.share(update))
         accumulate_flat(specific, weights @ specific_grads)

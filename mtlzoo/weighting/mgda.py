@@ -68,7 +68,8 @@ class MGDA(GradientWeighting):
         task_index(self.task_names, list(losses))  # names checked, at least one
         values = torch.stack(list(losses.values()))
         # (t, b*d): one backward to Z batched over the tasks; the graph is kept for the update
-        grads, _ = task_gradients(values, [representation], retain_graph=True)
+        grads, _ = task_gradients(values, [representation], retain_graph=True,
+                                  batched=self.batched_backward)
         # under DDP each rank holds other rows of Z: the Gram matrix is the ranks' sum
         gram = gram_matrix(grads, self.rank_sum)
         alpha = self.alpha_from_gram(gram, values.detach()).to(values)  # fp32 under bf16
