@@ -38,6 +38,7 @@ from mtlzoo.bench.report import RESULTS
 from mtlzoo.data.batches import BATCHING
 from mtlzoo.encoders.text import POOLINGS
 from mtlzoo.errors import DataLoadError
+from mtlzoo.train.options import PRECISIONS, STRATEGIES
 
 DATA = ("synthetic",)
 RECIPES = ("text-pair", "imdb-agnews")
@@ -118,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         help="start afresh and overwrite a --checkpoint file that cannot be resumed from",
     )
     _training_options(train, epochs=3)
+    train.add_argument("--strategy", choices=STRATEGIES,
+                       help="auto (default): DDP under torchrun, one process otherwise; fsdp "
+                            "shards parameters, gradients and optimizer state over the ranks")
+    train.add_argument("--precision", choices=tuple(PRECISIONS),
+                       help="fp32 (default), or bf16 autocast with fp32 weights and losses")
+    train.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the model (inductor; the first steps compile)")
     train.add_argument(
         "--threads", type=_positive_int,
         help="torch's CPU threads (default torch's: one a core); 1 is often faster on a "
@@ -218,7 +226,8 @@ def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
 # its function's signature (mtlzoo.recipes), the one source for the CLI, the API and docs
 SYNTHETIC_OPTIONS = {"model": None, "data": "synthetic", "checkpoint": None, "force": False,
                      "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
-                     "lr": 1e-3, "seed": 0}
+                     "lr": 1e-3, "seed": 0, "strategy": "auto", "precision": "fp32",
+                     "compile": False}
 RECIPE_OPTIONS = ("task", "data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
                   "hidden_size", "pooling", "batching", "steps", "compare_single_task", "seeds",
                   "out")
@@ -281,12 +290,16 @@ def _train(args: argparse.Namespace) -> int:
             args.rows, args.correlation, seed=args.seed,
             splits={"train": 0.8, "validation": 0.1, "test": 0.1},
         )
-        ranks = f", {dist.get_world_size()} ranks (DDP)" if dist.is_initialized() else ""
+        engine = "FSDP2" if args.strategy == "fsdp" else "DDP"
+        ranks = (f", {dist.get_world_size()} ranks ({engine})"
+                 if dist.is_initialized() and args.strategy != "none" else "")
+        extras = "".join([", bf16 autocast" if args.precision == "bf16" else "",
+                          ", compiled" if args.compile else ""])
         say(
             f"Synthetic tasks (MMoE generator, PLE constants): {args.rows} rows, correlation "
             f"{args.correlation}, 512 features; {args.epochs} epochs of Adam (lr {args.lr}, "
             f"batch {args.batch_size}{' a rank' if ranks else ''}), weighting "
-            f"{args.weighting!r}, seed {args.seed}{ranks}.",
+            f"{args.weighting!r}, seed {args.seed}{ranks}{extras}.",
             file=sys.stderr,
         )
         trainer = _trainer(args)
@@ -317,7 +330,8 @@ def _trainer(args: argparse.Namespace) -> mtlzoo.Trainer:
     model = mtlzoo.create_model(args.model, in_features=512, tasks=tasks)
     return mtlzoo.Trainer(
         model, weighting=args.weighting, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, progress=not args.quiet,
+        seed=args.seed, progress=not args.quiet, strategy=args.strategy,
+        precision=args.precision, compile=args.compile,
     )
 
 

@@ -132,3 +132,32 @@ def test_train_takes_the_number_of_threads(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--model", "mmoe", "--threads", "0"])
     assert "--threads: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_train_passes_strategy_precision_and_compile_to_the_trainer(monkeypatch, capsys):
+    made = []
+
+    class Recording(mtlzoo.Trainer):
+        def __init__(self, model, **options):
+            made.append(options)
+            super().__init__(model, **{**options, "compile": False})  # the wiring, not inductor
+
+    monkeypatch.setattr(mtlzoo, "Trainer", Recording)
+    argv = ["train", "--model", "mmoe", "--rows", "200", "--epochs", "1", "--quiet",
+            "--strategy", "none", "--precision", "bf16", "--compile"]
+    assert cli.main(argv) == 0
+    assert {key: made[-1][key] for key in ("strategy", "precision", "compile")} == {
+        "strategy": "none", "precision": "bf16", "compile": True}
+    assert "bf16 autocast, compiled." in capsys.readouterr().err
+    assert cli.main(argv[:8]) == 0  # the defaults: auto, fp32, eager
+    assert {key: made[-1][key] for key in ("strategy", "precision", "compile")} == {
+        "strategy": "auto", "precision": "fp32", "compile": False}
+
+
+@pytest.mark.parametrize("option", [["--strategy", "ddp"], ["--precision", "bf16"],
+                                    ["--compile"]])
+def test_a_recipe_refuses_the_engine_options_it_does_not_read(option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--recipe", "imdb-agnews", *option])
+    assert exit_info.value.code == 2
+    assert f"does not use {option[0]}" in capsys.readouterr().err

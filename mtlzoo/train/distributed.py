@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -140,8 +142,7 @@ def shard(model: nn.Module, weighting: Weighting, ranks: Ranks) -> None:
             "memory than DDP); train it with strategy='ddp', which makes it exact, or use a "
             "loss weighting (equal, uncertainty, dwa, rlw, fixed weights)"
         )
-    for tensor in [*model.parameters(), *model.buffers()]:
-        dist.broadcast(tensor.data, src=0)
+    from_rank_0(model)
     mesh = init_device_mesh(ranks.device.type, (ranks.size,))
     units = [module for module in model.modules() if isinstance(module, StackedMLP)]
     encoder = getattr(model, "encoder", None)
@@ -156,6 +157,12 @@ def shard(model: nn.Module, weighting: Weighting, ranks: Ranks) -> None:
         fully_shard(module, mesh=mesh, shard_placement_fn=placement)
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+
+
+def from_rank_0(model: nn.Module) -> None:
+    """Every rank's parameters and buffers set to rank 0's, in place (a collective)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
 
 
 def full_state(state):
@@ -206,7 +213,12 @@ class StepForward(nn.Module):
         self.model = model
 
     def forward(self, inputs: list[tuple[str | None, object]]) -> list:
-        return [self.model(x, tasks=None if name is JOINT else [name]) for name, x in inputs]
+        with warnings.catch_warnings():
+            # FSDP2 warns that the root's outputs are views (each task's slice of the heads'
+            # output), lest in-place ops on them skip its hooks; the trainer makes none
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* view tensor")
+            return [self.model(x, tasks=None if name is JOINT else [name])
+                    for name, x in inputs]
 
 
 def _sum_hook(state, bucket):  # unannotated: DDP compares the annotations with its own
@@ -243,24 +255,38 @@ class DistributedStep(TrainStep):
         if self.gradient_method:
             weighting.rank_sum, weighting.world_size = ranks.sum, ranks.size
         weighting.load_state_dict(ranks.broadcast(weighting.state_dict()))
-        if ranks.sharded:
-            self.module = StepForward(model)
-            return
-        device = next(model.parameters()).device
-        self.module = DistributedDataParallel(
-            StepForward(model), device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True, forward_sync_buffers=False,
-        )
-        self.module.register_comm_hook(None, _sum_hook)
+        if not ranks.sharded:  # (FSDP2's shard did it)
+            from_rank_0(model)
+        self.forward = StepForward(model)
+        self.wrapped: tuple[bool, DistributedDataParallel] | None = None  # (per_task, DDP)
+
+    def _module(self, per_task: bool) -> nn.Module:
+        """What runs the step's forward passes: FSDP2's sharded model as it is, or DDP. A
+        per-task step leaves the heads of the tasks it has no batch of unused, so DDP looks
+        for unused parameters after each such step (not after a joint one: every task's
+        head takes part in it, see ``_losses``); it is built at the first step of a regime."""
+        if self.ranks.sharded:
+            return self.forward
+        if self.wrapped is None or self.wrapped[0] != per_task:
+            device = next(self.model.parameters()).device
+            self.wrapped = None  # the old reducer's hooks go with it
+            ddp = DistributedDataParallel(
+                self.forward, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=per_task, forward_sync_buffers=False,
+            )
+            ddp.register_comm_hook(None, _sum_hook)
+            self.wrapped = (per_task, ddp)
+        return self.wrapped[1]
 
     def _losses(self, step_batches: dict[str | None, Batch]
                 ) -> tuple[dict[str, Tensor], Tensor]:
         inputs = [(name, self.reader.inputs(batch)) for name, batch in step_batches.items()]
+        module = self._module(per_task=JOINT not in step_batches)
         if self.gradient_method:  # per-task gradients are summed by hand, not by DDP
-            with self.module.no_sync():
-                outputs = self.module(inputs)
+            with module.no_sync() if isinstance(module, DistributedDataParallel) else nullcontext():
+                outputs = module(inputs)
         else:
-            outputs = self.module(inputs)
+            outputs = module(inputs)
         sums: dict[str, tuple[Tensor, Tensor]] = {}
         aux = None
         for (task_name, batch), out in zip(step_batches.items(), outputs, strict=True):
@@ -287,17 +313,27 @@ class DistributedStep(TrainStep):
             if present:  # the global value, the gradient of this rank's rows
                 mine = local_sum / denominator
                 losses[name] = numerator / denominator + (mine - mine.detach())
-        if not losses and not self.gradient_method:
-            # no labelled row on any rank: DDP still waits for a backward (all zeros)
-            sum(out_sum for out_sum, _ in local).mul(0).backward()
+        if not self.gradient_method:
+            # DDP waits for a gradient of every parameter: a task with no labelled row on
+            # any rank (its head unused) joins the first loss, times zero
+            absent = [local_sum for name, (local_sum, _) in sums.items() if name not in losses]
+            if absent and losses:
+                first = next(iter(losses))
+                losses[first] = losses[first] + sum(absent).mul(0)
+            elif absent:
+                sum(absent).mul(0).backward()  # no labelled row at all: a step of zeros
         return losses, aux
 
     def _backward(self, losses: dict[str, Tensor], aux: Tensor,
                   representation: Tensor | None) -> Tensor:
-        weights = self.weighting.backward(
-            losses, self.model.shared_parameters(), self.model.task_parameters(),
-            representation,
-        )
+        with warnings.catch_warnings():
+            # a stack of one (one gate's weights, (1, d, e)) has a size-1 axis whose stride
+            # autograd's gradient and DDP's bucket choose differently: a copy, no error
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+            weights = self.weighting.backward(
+                losses, self.model.shared_parameters(), self.model.task_parameters(),
+                representation,
+            )
         if self.gradient_method:
             self.ranks.sum_grads(self.model.parameters())
         return weights
