@@ -191,7 +191,20 @@ def _resume(mode: str, rank: int, folder: Path) -> dict:
     return {"model": run.model.state_dict(), "weighting": run.weighting.state_dict()}
 
 
+MID_EPOCH_STEP = 9  # of 7 steps an epoch (100 rows, global batch 16)
+
+
+def _mid_epoch(rank: int, folder: Path) -> dict:
+    torch.set_default_dtype(torch.float64)
+    run = trainer("uncertainty", "joint", BATCH, "ddp")
+    data = joint_data(100, 1)
+    run.fit(data, steps=MID_EPOCH_STEP, checkpoint=folder.parent / "mid_epoch.pt")
+    run.fit(data, epochs=3)
+    return {"model": run.model.state_dict(), "weighting": run.weighting.state_dict()}
+
+
 SCENARIOS = {
+    "mid_epoch": _mid_epoch,
     "steps": _steps,
     "killed": lambda rank, folder: _resume("killed", rank, folder),
     "resumed": lambda rank, folder: _resume("resumed", rank, folder),
@@ -297,11 +310,25 @@ def test_a_killed_two_rank_run_resumes_bit_identically(two_ranks, base, float64)
         for part in ("model", "weighting"):
             for key, value in two_ranks[rank]["uninterrupted"][part].items():
                 assert torch.equal(resumed[rank][part][key], value), (rank, part, key)
-    # another world size mid-epoch is refused, naming both
+    # another global batch mid-epoch is refused, naming both
     one = trainer("uncertainty", "joint", BATCH, "none", dropout=0.2)
     one.load(base / "run.pt")
-    with pytest.raises(MtlzooError, match=r"on 2 ranks, and this run has 1"):
+    with pytest.raises(MtlzooError, match=r"batch_size x ranks 16 -> 8"):
         one.fit(joint_data(100, 1), epochs=3)
+
+
+def test_a_two_rank_checkpoint_resumes_exactly_in_one_process_of_the_global_batch(base,
+                                                                                   float64):
+    """Saved mid-epoch by 2 ranks x 8 rows, resumed by one process of 16 rows: the steps of
+    the uninterrupted 2-rank run (no dropout: the ranks' RNG streams cannot be remapped)."""
+    ranks = spawn("mid_epoch", base / "mid_epoch")
+    one = trainer("uncertainty", "joint", WORLD * BATCH, "none")
+    one.load(base / "mid_epoch.pt")
+    assert one.step == MID_EPOCH_STEP and one.state.mid_epoch
+    one.fit(joint_data(100, 1), epochs=3)
+    for part, state in (("model", one.model.state_dict()),
+                        ("weighting", one.weighting.state_dict())):
+        assert _max_difference(state, ranks[0][part]) < 1e-12, part
 
 
 @pytest.mark.parametrize("engine", [[], ["--strategy", "fsdp", "--precision", "bf16"]])

@@ -574,30 +574,23 @@ class Trainer:
 
     def _check_data(self, schedule: JointSchedule | TaskSchedule) -> str | None:
         """Mid-epoch, the data must be that of the steps taken (``MtlzooError`` otherwise);
-        returns what differs when a loaded run starts an epoch on other data, else None."""
+        returns what differs when a loaded run starts an epoch on other data, else None.
+        The batches are compared at their global size (``world_size * batch_size``): a run
+        of 2 ranks x 8 rows resumes exactly in one process of 16."""
         saved, now = self.state.data, self._signature(schedule)
-        if saved is not None and "batching" not in saved:  # saved before batching= existed
-            saved = {**saved, "batching": "shuffle"}
-        if saved is not None:  # one process: no world_size in the signature
-            saved, now = ({"world_size": 1, "precision": "fp32", **saved},
-                          {"world_size": 1, "precision": "fp32", **now})
-        if saved is None or saved == now:
+        if saved is None:
+            return None
+        saved = _global_batches({"batching": "shuffle", **saved})  # batching= came later
+        now = _global_batches(now)
+        if saved == now:
             return None
         changes = "; ".join(_differences(saved, now))
-        if self.state.mid_epoch and saved["world_size"] != now["world_size"]:
-            raise MtlzooError(
-                f"the run stopped after {self.state.position.steps} steps of epoch "
-                f"{self.state.epoch + 1} on {saved['world_size']} ranks, and this run has "
-                f"{now['world_size']}: mid-epoch a run resumes only on the number of ranks it "
-                "was saved on (its batches are cut for that many); at an epoch's end it may "
-                "change"
-            )
         if self.state.mid_epoch:
             raise MtlzooError(
                 f"the run stopped after {self.state.position.steps} steps of epoch "
                 f"{self.state.epoch + 1} on other data than this: {changes}. Resume with the "
-                "data, batch_size, batching, seed, sampling and precision it was saved with, "
-                "or start afresh"
+                "data, batch_size x ranks, batching, seed, sampling and "
+                "precision it was saved with, or start afresh"
             )
         return changes if self._resumed else None
 
@@ -727,6 +720,20 @@ def _is_per_task(data) -> bool:
         and not any(isinstance(value, Tensor) for value in data.values())
         and type(data).__name__ not in ("DatasetDict", "IterableDatasetDict")
     )
+
+
+def _global_batches(signature: dict) -> dict:
+    """A data signature with each ``batch_size`` times the ranks, the rows of a step
+    (``world_size``, absent in one process, folded in) and fp32 stated."""
+    world = signature.get("world_size", 1)
+
+    def fold(part: dict) -> dict:
+        return {("batch_size x ranks" if key == "batch_size" else key):
+                (value * world if key == "batch_size" else
+                 fold(value) if isinstance(value, dict) else value)
+                for key, value in part.items() if key != "world_size"}
+
+    return {"precision": "fp32", **fold(signature)}
 
 
 def _differences(saved: dict, now: dict, where: str = "") -> list[str]:
