@@ -78,7 +78,7 @@ def per_task_data(seed: int) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def trainer(method: str, regime: str, batch_size: int, strategy: str,
-            dropout: float = 0.0) -> mtlzoo.Trainer:
+            dropout: float = 0.0, **options) -> mtlzoo.Trainer:
     torch.manual_seed(0)
     encoders = {"joint_encoder": lambda: nn.Linear(6, 5, dtype=torch.float64),
                 "joint_by_length": lambda: TextEncoder(20, 5, pooling="mean")}
@@ -86,12 +86,13 @@ def trainer(method: str, regime: str, batch_size: int, strategy: str,
     features = {"encoder": encoder} if encoder else {"in_features": 6}
     model = mtlzoo.create_model("mmoe", tasks=tasks(), num_experts=3, expert_dims=(8,),
                                 tower_dims=(4,), dropout=dropout, **features).double()
-    options = {"seed": 1} if method in ("pcgrad", "rlw") else None
+    method_options = {"seed": 1} if method in ("pcgrad", "rlw") else None
     sampling = "proportional" if regime == "per_task_sampled" else "round_robin"
-    return mtlzoo.Trainer(model, weighting=method, weighting_options=options, lr=1e-2,
+    return mtlzoo.Trainer(model, weighting=method, weighting_options=method_options, lr=1e-2,
                           batch_size=batch_size, seed=3, progress=False, sampling=sampling,
                           strategy=strategy,
-                          batching="by_length" if regime == "joint_by_length" else "shuffle")
+                          batching="by_length" if regime == "joint_by_length" else "shuffle",
+                          **options)
 
 
 def train(method: str, regime: str, batch_size: int, strategy: str) -> dict:

@@ -93,6 +93,11 @@ def _scenario(rank: int, folder: Path) -> dict:
         found[name] = distributed.full_state(run.model.state_dict())
         found[f"{name} shards"] = {key: (tuple(p.shape), tuple(p.to_local().shape))
                                    for key, p in run.model.named_parameters()}
+    # compiled (AOTAutograd, no inductor: seconds) and in bf16, under FSDP2
+    torch._dynamo.reset()
+    compiled = trainer("uncertainty", "joint", BATCH, "fsdp", compile={"backend": "aot_eager"})
+    compiled.fit(data("joint", 1), epochs=3)
+    found["compiled"] = distributed.full_state(compiled.model.state_dict())
     # checkpoints: FSDP -> file (read by the test in one process); one process -> FSDP
     run = fit("uncertainty", "joint", BATCH, "fsdp", epochs=2)
     run.save(folder / "fsdp.pt")
@@ -137,6 +142,12 @@ def test_fsdp_takes_the_step_of_ddp_and_of_one_process(two_ranks, float64, metho
                                                              nan_ok=True), column
         assert repr({task: (m["rows"], m.get("auc")) for task, m in first["eval"].items()}) \
             == repr({task: (m["rows"], m.get("auc")) for task, m in reference["eval"].items()})
+
+
+def test_a_compiled_model_takes_the_eager_steps_under_fsdp(two_ranks, float64):
+    _, ranks = two_ranks
+    for rank in ranks:
+        assert _max_difference(rank["compiled"], rank["uncertainty joint fsdp"]["model"]) < 1e-12
 
 
 def test_gradient_methods_are_refused_under_fsdp(two_ranks):

@@ -137,10 +137,12 @@ def shard(model: nn.Module, weighting: Weighting, ranks: Ranks) -> None:
     if not isinstance(weighting, LossWeighting):
         raise MtlzooError(
             f"weighting {type(weighting).__name__} under strategy='fsdp': a gradient method "
-            "combines the per-task gradients of the shared parameters, which FSDP2 shards "
-            "and reduces as one sum (each rank would need T whole-model gradients, more "
-            "memory than DDP); train it with strategy='ddp', which makes it exact, or use a "
-            "loss weighting (equal, uncertainty, dwa, rlw, fixed weights)"
+            "combines the per-task gradients of the shared parameters, and FSDP2 reduces "
+            "one gradient a backward pass into shards; the trainer does not take a sharded "
+            "backward pass per task (nor sum their Gram matrix over the ranks), so it "
+            "refuses rather than combine partial gradients. Train it with strategy='ddp', "
+            "which makes it exact, or use a loss weighting (equal, uncertainty, dwa, rlw, "
+            "fixed weights)"
         )
     from_rank_0(model)
     mesh = init_device_mesh(ranks.device.type, (ranks.size,))
