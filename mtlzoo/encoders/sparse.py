@@ -170,7 +170,8 @@ class SparseEncoder(nn.Module):
 
     def _torchrec_pool(self, ids: list[Tensor]) -> Tensor:
         """A ``KeyedJaggedTensor`` (feature-major: every row's ids of feature 0, then 1 ...)
-        through the ``EmbeddingBagCollection``; its ``KeyedTensor`` is (b, f*e)."""
+        through the ``EmbeddingBagCollection``; its ``KeyedTensor`` in feature order is
+        (b, f*e)."""
         from torchrec import KeyedJaggedTensor
 
         feature = torch.repeat_interleave(
@@ -183,7 +184,11 @@ class SparseEncoder(nn.Module):
             values=torch.cat([column[keep] for column, keep in zip(ids, valid, strict=True)]),
             lengths=torch.cat([keep.sum(1) for keep in valid]).int(),
         )
-        return self.collection(features).values()
+        pooled = self.collection(features)  # sharded: its keys grouped by placement
+        if list(pooled.keys()) == list(self.names):
+            return pooled.values()
+        by_name = pooled.to_dict()
+        return torch.cat([by_name[name] for name in self.names], dim=1)
 
     def _ids(self, inputs: Mapping[str, Tensor], name: str) -> Tensor:
         column = inputs[name]

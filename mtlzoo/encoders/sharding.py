@@ -1,0 +1,191 @@
+"""Embedding tables sharded over ranks with TorchRec (the ``mtlzoo[torchrec]`` extra).
+
+``shard_tables(model, lr=...)`` shards the tables of every ``SparseEncoder(backend=
+"torchrec")`` in ``model`` with ``torchrec.distributed.DistributedModelParallel``: TorchRec's
+planner places each table whole on one rank (table-wise), splits its columns (column-wise)
+or, on CUDA, its rows (row-wise) over the ranks, and each rank's ids reach the tables' ranks
+by all-to-all. Everything else (the dense layer, experts, gates, towers) is left as it was,
+for the caller's data parallelism (DDP) to replicate; ``table_parameter_names`` lists what
+that DDP must ignore.
+
+Sharded tables train with TorchRec's fused kernels: the backward pass applies the optimizer
+to the rows a batch touched (fbgemm's CPU or CUDA kernels), so their parameters get no
+``.grad`` and the caller's optimizer leaves them alone. A table's gradient is the sum of
+every rank's rows' gradients (``shard_tables`` turns TorchRec's division by the world size
+off, for the whole process), which is the one-process gradient when each rank's loss is
+normalised by the global count (as ``mtlzoo.train.distributed.DistributedStep`` does), and
+what the caller's DDP must do for the rest (sum, not average).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from mtlzoo import _checks
+from mtlzoo.encoders.sparse import TORCHREC_INSTALL, SparseEncoder
+from mtlzoo.errors import MtlzooError
+
+SHARDING_TYPES = ("table_wise", "column_wise", "row_wise")
+CPU_SHARDING_TYPES = ("table_wise", "column_wise")  # TorchRec 1.8 shards row-wise on CUDA only
+OPTIMIZERS = ("sgd", "adagrad", "adam")
+
+
+def shard_tables(
+    model: nn.Module,
+    *,
+    lr: float = 1e-2,
+    optimizer: str = "adagrad",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    sharding_types: Sequence[str] | None = None,
+    constraints: Mapping[str, object] | None = None,
+    process_group: dist.ProcessGroup | None = None,
+) -> nn.Module:
+    """Shard, in place, the TorchRec tables of ``model`` over ``process_group`` (the default
+    group when None; every rank calls this) and return the ``DistributedModelParallel``
+    that holds it (its ``.module`` is ``model``; call ``model`` itself as before).
+
+    Every rank ends with rank 0's tables. ``sharding_types``: the placements the planner may
+    choose from (None: all the device allows: ``"table_wise"`` and ``"column_wise"`` on CPU,
+    ``"row_wise"`` too on CUDA); ``constraints``: more ``torchrec.distributed.planner.
+    ParameterConstraints`` fields for every table (``{"min_partition": 4}`` lets column-wise
+    shards be 4 columns wide); ``optimizer`` (``"adam"``, element-wise
+    with ``betas``, ``eps``; or ``"sgd"``) and ``lr``: the fused update the tables get in
+    the backward pass: ``"sgd"``, ``"adagrad"`` (element-wise, ``eps``; both equal to
+    ``torch.optim.SGD`` / ``Adagrad`` step for step, rows without a gradient being left
+    alone by either) or, on CUDA only (fbgemm's CPU kernels have no Adam), ``"adam"``
+    (``betas``, ``eps``; its moments move only on the rows a batch touches: "lazy" Adam).
+    """
+    try:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from torchrec.distributed.comm_ops import set_gradient_division
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.distributed.planner import (
+            EmbeddingShardingPlanner,
+            ParameterConstraints,
+            Topology,
+        )
+        from torchrec.distributed.types import ShardingEnv
+    except ImportError as error:
+        raise MtlzooError(f"shard_tables needs TorchRec: {TORCHREC_INSTALL} ({error})") from None
+    encoders = _torchrec_encoders(model)
+    if not dist.is_available() or not dist.is_initialized():
+        raise MtlzooError("shard_tables needs a process group: launch with torchrun or call "
+                          "torch.distributed.init_process_group first")
+    group = process_group or dist.group.WORLD
+    lr = _checks.real("lr", lr, positive=True)
+    _checks.choice("optimizer", optimizer, list(OPTIMIZERS))
+    device = next(iter(encoders[0].collection.parameters())).device
+    allowed = SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
+    kinds = list(allowed if sharding_types is None else sharding_types)
+    if not kinds:
+        raise MtlzooError(f"sharding_types must name at least one of {allowed}")
+    for kind in kinds:
+        if kind not in allowed:
+            raise MtlzooError(f"sharding type {kind!r} on {device.type}: TorchRec shards "
+                              f"tables there {' or '.join(allowed)}")
+    # the ranks' gradients are summed, not averaged: each rank's loss is already divided by
+    # the global count (TorchRec divides by the world size by default, as DDP averages);
+    # a setting of the whole process
+    set_gradient_division(False)
+    for encoder in encoders:  # rank 0's tables everywhere, before they are split
+        for name in encoder.names:
+            dist.broadcast(encoder.table(name).data, src=0, group=group)
+    whole = {id(encoder): {name: encoder.table(name).detach().clone()
+                           for name in encoder.names} for encoder in encoders}
+
+    device = next(iter(encoders[0].collection.parameters())).device
+    if optimizer == "adam" and device.type != "cuda":
+        raise MtlzooError(f"optimizer='adam' for tables on {device.type}: fbgemm's CPU kernels "
+                          "have no Adam; use 'adagrad' or 'sgd' (or train on CUDA)")
+    fused = {"optimizer": {"sgd": EmbOptimType.EXACT_SGD, "adagrad": EmbOptimType.EXACT_ADAGRAD,
+                           "adam": EmbOptimType.ADAM}[optimizer], "learning_rate": lr}
+    if optimizer != "sgd":
+        fused.update(eps=_checks.real("eps", eps, positive=True), weight_decay=0.0)
+    if optimizer == "adam":
+        fused.update(beta1=betas[0], beta2=betas[1])
+    sharders = [EmbeddingBagCollectionSharder(fused_params=fused)]
+    options = dict(_checks.mapping("constraints", constraints or {},
+                                   "a dict of ParameterConstraints fields"))
+    constraints = {name: ParameterConstraints(sharding_types=kinds, **options)
+                   for encoder in encoders for name in encoder.names}
+    world = dist.get_world_size(group)
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=world, local_world_size=world,
+                          compute_device=device.type),
+        constraints=constraints)
+    plan = planner.collective_plan(model, sharders, group)
+    parallel = DistributedModelParallel(
+        model, env=ShardingEnv.from_process_group(group), device=device, plan=plan,
+        sharders=sharders, init_data_parallel=False, init_parameters=False)
+    for encoder in encoders:
+        _load_tables(encoder, whole[id(encoder)])
+    return parallel
+
+
+def table_parameter_names(module: nn.Module) -> list[str]:
+    """The names, in ``module.named_parameters()``, of the TorchRec tables' parameters
+    (sharded or not): what a ``DistributedDataParallel`` over ``module`` must ignore
+    (``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)``)
+    and the caller's optimizer need not hold."""
+    tables = {id(p) for encoder in _torchrec_encoders(module, required=False)
+              for p in encoder.collection.parameters()}
+    return [name for name, p in module.named_parameters() if id(p) in tables]
+
+
+def gather_tables(encoder: SparseEncoder) -> dict[str, Tensor]:
+    """Every table of ``encoder`` whole, feature -> (k_f, e), on every rank (a collective
+    when the tables are sharded; a copy of them otherwise)."""
+    state = {name: value for name, value in encoder.collection.state_dict().items()
+             if name.endswith(".weight")}
+    pieces = {}
+    for key, value in state.items():
+        name = key.split(".")[-2]
+        if hasattr(value, "local_shards"):  # a ShardedTensor: this rank's shards
+            pieces[name] = [(tuple(shard.metadata.shard_offsets), shard.tensor.detach().cpu())
+                            for shard in value.local_shards()]
+        else:
+            pieces[name] = [((0, 0), value.detach().cpu())]
+    if not any(hasattr(value, "local_shards") for value in state.values()):
+        return {name: parts[0][1].clone() for name, parts in pieces.items()}
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, pieces)
+    tables = {}
+    for index, name in enumerate(encoder.names):
+        table = torch.zeros(encoder.num_ids[index], encoder.embedding_dim)
+        for rank_pieces in everyone:
+            for (row, column), tensor in rank_pieces.get(name, []):
+                table[row: row + tensor.shape[0], column: column + tensor.shape[1]] = tensor
+        tables[name] = table
+    return tables
+
+
+def _load_tables(encoder: SparseEncoder, tables: dict[str, Tensor]) -> None:
+    """Write whole ``tables`` into this rank's shards of ``encoder``'s tables."""
+    state = encoder.collection.state_dict()
+    with torch.no_grad():
+        for key, value in state.items():
+            if not key.endswith(".weight"):
+                continue
+            table = tables[key.split(".")[-2]]
+            if hasattr(value, "local_shards"):
+                for shard in value.local_shards():
+                    row, column = shard.metadata.shard_offsets
+                    rows, columns = shard.tensor.shape
+                    shard.tensor.copy_(table[row: row + rows, column: column + columns])
+            else:
+                value.copy_(table)
+
+
+def _torchrec_encoders(model: nn.Module, required: bool = True) -> list[SparseEncoder]:
+    found = [module for module in model.modules()
+             if isinstance(module, SparseEncoder) and module.backend == "torchrec"]
+    if required and not found:
+        raise MtlzooError("shard_tables found no SparseEncoder(backend='torchrec') in the "
+                          "model: there is no table to shard")
+    return found

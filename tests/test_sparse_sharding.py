@@ -1,0 +1,161 @@
+"""TorchRec tables sharded over 2 gloo ranks (``shard_tables``), the rest of the model
+data-parallel (DDP that ignores the tables and sums the ranks' gradients, as the trainer's
+does): the steps equal one process's steps with the global batch. Skipped without
+``mtlzoo[torchrec]``; the ranks run through ``tests.test_distributed.spawn``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import mtlzoo
+from mtlzoo import MtlzooError
+from mtlzoo.encoders import SparseEncoder
+from mtlzoo.encoders.sharding import (
+    CPU_SHARDING_TYPES,
+    gather_tables,
+    shard_tables,
+    table_parameter_names,
+)
+from tests.test_distributed import WORLD, spawn
+
+pytest.importorskip("torchrec")
+
+FEATURES = {"user": 13, "item": 8, "tags": 6}
+DIM = 8
+ROWS = 8  # per rank; one process takes WORLD * ROWS
+LR = 0.05
+# (optimizer, steps, placements the planner may choose): Adagrad and SGD (what fbgemm's CPU
+# kernels offer; both equal torch's step for step), each placement forced once
+# (row-wise sharding needs CUDA in TorchRec 1.8)
+RUNS = {"adagrad planner": ("adagrad", 3, None),
+        "sgd table_wise": ("sgd", 3, ("table_wise",)),
+        "adagrad column_wise": ("adagrad", 2, ("column_wise",), {"min_partition": DIM // 2})}
+OPTIMIZERS = {"adagrad": lambda params: torch.optim.Adagrad(params, lr=LR, eps=1e-8),
+              "sgd": lambda params: torch.optim.SGD(params, lr=LR)}
+
+
+def model() -> mtlzoo.MultiTaskModel:
+    torch.manual_seed(0)
+    encoder = SparseEncoder(FEATURES, 2, embedding_dim=DIM, pooling={"tags": "mean"},
+                            backend="torchrec")
+    return mtlzoo.create_model("mmoe", tasks=[mtlzoo.Task("a"), mtlzoo.Task("b")],
+                               encoder=encoder, num_experts=3, expert_dims=(8,),
+                               tower_dims=(4,))
+
+
+def batches(steps: int) -> list[dict[str, torch.Tensor]]:
+    """``steps`` global batches (WORLD * ROWS rows): ids, a multi-hot column, labels."""
+    g = torch.Generator().manual_seed(1)
+    rows = WORLD * ROWS
+    found = []
+    for _ in range(steps):
+        tags = torch.randint(0, 6, (rows, 3), generator=g)
+        tags[torch.arange(3) >= torch.randint(0, 4, (rows, 1), generator=g)] = -1
+        found.append({"user": torch.randint(0, 13, (rows,), generator=g),
+                      "item": torch.randint(0, 8, (rows,), generator=g), "tags": tags,
+                      "dense": torch.randn(rows, 2, generator=g),
+                      "a": torch.randint(0, 2, (rows,), generator=g).float(),
+                      "b": torch.randint(0, 2, (rows,), generator=g).float()})
+    return found
+
+
+def loss(net: nn.Module, batch: dict, rows: int) -> torch.Tensor:
+    """The summed binary cross-entropy of both tasks over ``batch``, divided by the global
+    number of rows: the ranks' losses add up to the one-process loss."""
+    inputs = {key: batch[key] for key in ("user", "item", "tags", "dense")}
+    logits = net(inputs).logits
+    return sum(nn.functional.binary_cross_entropy_with_logits(
+        logits[task][:, 0], batch[task], reduction="sum") for task in ("a", "b")) / rows
+
+
+def one_process(optimizer: str, steps: int) -> dict:
+    net = model()
+    opt = OPTIMIZERS[optimizer](net.parameters())
+    for batch in batches(steps):
+        opt.zero_grad()
+        loss(net, batch, WORLD * ROWS).backward()
+        opt.step()
+    dense = {k: v for k, v in net.state_dict().items() if "collection" not in k}
+    return {"tables": {name: net.encoder.table(name).detach().clone() for name in FEATURES},
+            "dense": dense}
+
+
+def _sum_hook(state, bucket):  # DDP's all-reduce, summing (no division by the world size)
+    future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return future.then(lambda done: done.value()[0])
+
+
+def sharded(rank: int, optimizer: str, steps: int, placements, constraints=None) -> dict:
+    net = model()
+    if rank == 1:  # rank 0's weights reach every rank: its tables by shard_tables, the
+        with torch.no_grad():  # rest by DDP
+            for p in net.parameters():
+                p.add_(1.0)
+    parallel = shard_tables(net, lr=LR, optimizer=optimizer, sharding_types=placements,
+                            constraints=constraints)
+    assert parallel.module is net
+    ignored = table_parameter_names(net)
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        net, ignored)
+    ddp = nn.parallel.DistributedDataParallel(net)
+    ddp.register_comm_hook(None, _sum_hook)
+    dense_params = [p for name, p in net.named_parameters() if name not in ignored]
+    opt = OPTIMIZERS[optimizer](dense_params)
+    for batch in batches(steps):
+        mine = {key: value[rank * ROWS: (rank + 1) * ROWS] for key, value in batch.items()}
+        opt.zero_grad()
+        loss(ddp, mine, WORLD * ROWS).backward()
+        opt.step()
+    table_grads = [net.get_parameter(name).grad for name in ignored]
+    dense = {k: v.clone() for k, v in net.state_dict().items() if "collection" not in k}
+    return {"tables": gather_tables(net.encoder), "dense": dense, "ignored": ignored,
+            "table grads": [None if g is None else float(g.abs().sum()) for g in table_grads],
+            "plan": {name: (placement.sharding_type, placement.ranks) for name, placement
+                     in parallel.plan.plan["encoder.collection"].items()}}
+
+
+def scenario(rank: int, folder: Path) -> dict:
+    return {name: sharded(rank, *run) for name, run in RUNS.items()}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list:
+    return spawn(scenario, tmp_path_factory.mktemp("torchrec") / "ranks")
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_sharded_tables_take_the_step_of_one_process(two_ranks, run):
+    optimizer, steps, placements, *_ = RUNS[run]
+    expected = one_process(optimizer, steps)
+    first, second = (ranks[run] for ranks in two_ranks)
+    assert first["plan"] == second["plan"] and set(first["plan"]) == set(FEATURES)
+    assert {kind for kind, _ in first["plan"].values()} <= set(placements or CPU_SHARDING_TYPES)
+    assert {rank for _, ranks in first["plan"].values() for rank in ranks} == {0, 1}, \
+        first["plan"]  # both ranks hold tables
+    if run == "adagrad column_wise":  # every table split over both ranks
+        assert all(ranks == [0, 1] for _, ranks in first["plan"].values()), first["plan"]
+    assert len(first["ignored"]) == len(FEATURES), first["ignored"]
+    assert first["table grads"] == [None] * len(FEATURES)  # fused: the update in backward
+    for name in FEATURES:
+        assert torch.equal(first["tables"][name], second["tables"][name])
+        moved = (expected["tables"][name] - model().encoder.table(name)).abs().max()
+        assert moved > 1e-5, name  # the steps changed the table
+        torch.testing.assert_close(first["tables"][name], expected["tables"][name],
+                                   rtol=1e-5, atol=1e-6)
+    for key, value in expected["dense"].items():
+        torch.testing.assert_close(first["dense"][key], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(second["dense"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_tables_refuses_a_model_without_torchrec_tables():
+    net = mtlzoo.create_model("mmoe", tasks=[mtlzoo.Task("a")],
+                              encoder=SparseEncoder(FEATURES, 2, embedding_dim=4))
+    with pytest.raises(MtlzooError, match=r"no SparseEncoder\(backend='torchrec'\)"):
+        shard_tables(net)
+    with pytest.raises(MtlzooError, match="needs a process group"):
+        shard_tables(model())
