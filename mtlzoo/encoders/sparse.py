@@ -159,12 +159,12 @@ class SparseEncoder(nn.Module):
         valid = flat != PAD
         lengths = flat.new_zeros(flat.shape[0], len(ids)).index_add_(   # (b, f)
             1, feature, valid.long())
-        values = (flat + self.offsets[feature])[valid]                      # (n,)
+        values = (flat + self.offsets[feature]).masked_select(valid)        # (n,)
         starts = lengths.flatten().cumsum(0) - lengths.flatten()            # (b*f,)
         weights = None
-        if bool(self.mean.any()):  # 1 / length for the ids of a mean-pooled feature
+        if "mean" in self.poolings:  # 1 / length for the ids of a mean-pooled feature
             scale = torch.where(self.mean, 1 / lengths.clamp_min(1), 1.0)   # (b, f)
-            weights = scale[:, feature][valid].to(self.embedding.weight.dtype)
+            weights = scale[:, feature].masked_select(valid).to(self.embedding.weight.dtype)
         pooled = self.embedding(values, starts, per_sample_weights=weights)  # (b*f, e)
         return pooled.view(flat.shape[0], len(ids) * self.embedding_dim)
 
