@@ -49,6 +49,14 @@ class Batches:
     def __len__(self) -> int:
         raise NotImplementedError
 
+    # where a source that resumes from a saved state (a stream) stands after the last batch
+    # it yielded; None where the number of batches taken is enough
+    position: dict | None = None
+
+    def known_length(self) -> int | None:
+        """``len()``, or None where the number of batches is not known (a stream)."""
+        return len(self)
+
     def signature(self) -> dict[str, int | str | None]:
         raise NotImplementedError
 

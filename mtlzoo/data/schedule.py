@@ -35,10 +35,12 @@ JOINT = None  # the key of the one batch of a joint-label step
 @dataclass(frozen=True)
 class Position:
     """Where an epoch stands: ``steps`` taken in it and, per task in the per-task regime,
-    the ``(pass, batches)`` consumed of its current pass."""
+    the ``(pass, batches)`` consumed of its current pass; ``source``: where a stream
+    (``StreamBatches.position``) stands, in the joint regime, else None."""
 
     steps: int = 0
     streams: dict[str, tuple[int, int]] = field(default_factory=dict)
+    source: dict | None = None
 
 
 class JointSchedule:
@@ -47,9 +49,9 @@ class JointSchedule:
     def __init__(self, source: Batches) -> None:
         self.source = source
 
-    def steps_per_epoch(self) -> int:
-        """The expected number of steps (a hint for progress bars)."""
-        return len(self.source)
+    def steps_per_epoch(self) -> int | None:
+        """The expected number of steps (a hint for progress bars), or None (a stream)."""
+        return self.source.known_length()
 
     def signature(self) -> dict:
         return {"data": self.source.signature()}
@@ -58,9 +60,11 @@ class JointSchedule:
         tuple[dict[str | None, Batch], Position]
     ]:
         steps = position.steps
-        for batch in self.source.passes(epoch, steps):
+        passes = (self.source.passes(epoch, steps) if position.source is None
+                  else self.source.passes(epoch, steps, position.source))
+        for batch in passes:
             steps += 1
-            yield {JOINT: batch}, Position(steps)
+            yield {JOINT: batch}, Position(steps, source=self.source.position)
         if steps == 0:
             raise MtlzooError(f"the training data yielded no batches in epoch {epoch + 1}")
 
@@ -78,6 +82,13 @@ class TaskSchedule:
     ) -> None:
         self.sources, self.sampling, self.seed = dict(sources), sampling, seed
         self.temperature = temperature if sampling == "temperature" else None
+        unknown = [name for name, s in self.sources.items() if s.known_length() is None]
+        if unknown:
+            raise MtlzooError(
+                f"the training data of task(s) {unknown} has no known length (a stream): one "
+                "dataset per task needs each task's number of batches to combine them into "
+                "steps; give those tasks a datasets.Dataset or a dict of tensors"
+            )
         sizes = torch.tensor([len(s) for s in self.sources.values()], dtype=torch.float64)
         power = 1.0 / temperature if sampling == "temperature" else 1.0
         self.probabilities = sizes**power / (sizes**power).sum()

@@ -15,6 +15,7 @@ from torch.distributed.tensor import DTensor
 from mtlzoo import _checks
 from mtlzoo.data.batches import BATCHING
 from mtlzoo.data.schedule import SAMPLING
+from mtlzoo.data.streams import WINDOW_BATCHES
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.tasks import Task
 from mtlzoo.weighting import Weighting, create_weighting
@@ -51,6 +52,7 @@ class Options:
     weight_decay: float = 0.0
     batch_size: int = 256
     batching: str = "shuffle"
+    stream_window: int = WINDOW_BATCHES
     sampling: str = "round_robin"
     temperature: float = 2.0
     input_key: str | tuple[str, ...] = "x"
@@ -70,6 +72,7 @@ class Options:
         _checks.real("weight_decay", self.weight_decay)
         _checks.positive_int("batch_size", self.batch_size)
         _checks.choice("batching", self.batching, BATCHING)
+        _checks.positive_int("stream_window", self.stream_window)
         if self.sampling not in SAMPLING:
             raise MtlzooError(
                 f"unknown sampling {self.sampling!r}.{suggest(str(self.sampling), SAMPLING)} "

@@ -66,14 +66,16 @@ class TrainerState:
     def mid_epoch(self) -> bool:
         return self.position.steps > 0
 
-    def to_dict(self) -> dict:
-        stopping = self.stopping
+    def to_dict(self, sources: list | None = None) -> dict:
+        """``sources``: every rank's ``position.source`` (under DDP), else this one's."""
+        stopping, source = self.stopping, self.position.source
         return {
             "version": VERSION,
             "step": self.step,
             "epoch": self.epoch,
             "position": {"steps": self.position.steps,
-                         "streams": {k: list(v) for k, v in self.position.streams.items()}},
+                         "streams": {k: list(v) for k, v in self.position.streams.items()},
+                         "sources": sources or (None if source is None else [source])},
             "data": self.data,
             "epoch_sums": {k: vars(v).copy() for k, v in self.epoch_sums.items()},
             "history": [dict(row) for row in self.history],
@@ -81,8 +83,9 @@ class TrainerState:
         }
 
     @classmethod
-    def from_dict(cls, state: object) -> TrainerState:
-        """The state ``to_dict`` wrote; anything else raises ``MtlzooError`` saying what."""
+    def from_dict(cls, state: object, rank: int = 0) -> TrainerState:
+        """The state ``to_dict`` wrote, with rank ``rank``'s stream position; anything else
+        raises ``MtlzooError`` saying what."""
         _fields("the trainer state", state, ["version", *(f.name for f in fields(cls))])
         if state["version"] != VERSION:
             raise MtlzooError(
@@ -95,8 +98,12 @@ class TrainerState:
         _kind("history", state["history"], list)
         for row in state["history"]:
             _kind("a history row", row, dict)
-        position = state["position"]
-        _fields("the position", position, ["steps", "streams"])
+        position = {"sources": None, **state["position"]}  # sources: since streams
+        _fields("the position", position, ["steps", "streams", "sources"])
+        _kind("the position's sources", position["sources"], (list, type(None)))
+        sources = position["sources"] or []
+        for source in sources:
+            _kind("a stream position", source, dict)
         _count("the position's steps", position["steps"])
         _kind("the position's streams", position["streams"], dict)
         for name, at in position["streams"].items():
@@ -116,7 +123,8 @@ class TrainerState:
             step=state["step"],
             epoch=state["epoch"],
             position=Position(position["steps"],
-                              {k: tuple(v) for k, v in position["streams"].items()}),
+                              {k: tuple(v) for k, v in position["streams"].items()},
+                              sources[rank] if rank < len(sources) else None),
             data=state["data"],
             epoch_sums={k: LossSums(**v) for k, v in sums.items()},
             history=list(state["history"]),

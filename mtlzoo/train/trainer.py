@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from mtlzoo import _checks
 from mtlzoo.data.batches import as_batches
 from mtlzoo.data.schedule import JOINT, JointSchedule, Position, TaskSchedule
+from mtlzoo.data.streams import WINDOW_BATCHES, StreamBatches, is_stream
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import labelled_rows, task_loss
 from mtlzoo.metrics import KIND_METRICS, METRIC_DIRECTIONS, task_metrics
@@ -79,8 +80,10 @@ class Trainer:
     batches by length, shuffles the order of the batches and trims each batch to its
     longest row; evaluation runs sorted by length, trimmed. A BiLSTM ``TextEncoder`` then
     reads a batch's real tokens, not its padding (docs/training.md, "Length-aware
-    batching"). ``strategy``: ``"auto"`` (DDP when more than one rank runs: a process group
-    of more than one rank exists, or torchrun's environment describes one, which the
+    batching"). A ``datasets.IterableDataset`` (``streaming=True``) is read
+    ``stream_window`` (64) batches' rows at a time, each window's rows shuffled (a seeded
+    buffer; docs/data.md). ``strategy``: ``"auto"`` (DDP when more than one rank runs: a
+    process group of more than one rank exists, or torchrun's environment describes one, which the
     trainer then starts), ``"ddp"``, ``"fsdp"`` (FSDP2: the model's parameters, gradients
     and optimizer state sharded across the ranks, experts on the expert axis; loss
     weightings only), or ``"none"`` (one process); under DDP and FSDP2 the ranks together
@@ -111,6 +114,7 @@ class Trainer:
         weighting_options: Mapping | None = None,
         batch_size: int = 256,
         batching: str = "shuffle",
+        stream_window: int = WINDOW_BATCHES,
         sampling: str = "round_robin",
         temperature: float = 2.0,
         input_key: str | Sequence[str] = "x",
@@ -128,8 +132,8 @@ class Trainer:
             raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
         self.options = Options(
             lr=lr, lr_schedule=lr_schedule, weight_decay=weight_decay, batch_size=batch_size,
-            batching=batching, sampling=sampling, temperature=temperature, input_key=input_key,
-            weight_key=weight_key,
+            batching=batching, stream_window=stream_window, sampling=sampling,
+            temperature=temperature, input_key=input_key, weight_key=weight_key,
             label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
             seed=seed, progress=progress, device=device, strategy=strategy,
             precision=precision, compile=compile,
@@ -232,6 +236,13 @@ class Trainer:
         schedule = self._schedule(train)
         eval_sources = None if eval is None else self._eval_sources(eval)
         changed = self._check_data(schedule)
+        if by_epochs and schedule.steps_per_epoch() is None and \
+                self.options.lr_schedule != "constant":
+            raise MtlzooError(
+                f"lr_schedule={self.options.lr_schedule!r} runs over the steps planned, and "
+                "the training data is a stream of unknown length: train it with steps=, or "
+                "lr_schedule='constant'"
+            )
         if checkpoint is not None:
             checkpoint = check_writable(checkpoint)
 
@@ -259,7 +270,8 @@ class Trainer:
             warnings.warn(f"nothing to train at step {self.state.step}, epoch "
                           f"{self.state.epoch}: {stop_reason()} (counting the steps and "
                           "epochs done)", UserWarning, stacklevel=2)
-        planned = limit * schedule.steps_per_epoch() if by_epochs else limit
+        per_epoch = schedule.steps_per_epoch()  # None: a stream
+        planned = limit if not by_epochs else None if per_epoch is None else limit * per_epoch
         try:
             goal = ("epochs" if by_epochs else "steps", limit)
             for event in self._run(schedule, eval_sources, stop_reason, bool(early_stopping),
@@ -281,10 +293,11 @@ class Trainer:
         return self.history
 
     def _run(self, schedule, eval_sources, stop_reason: Callable[[], str | None], early: bool,
-             planned: int, goal: tuple[str, int] | None = None) -> Iterator[str]:
+             planned: int | None, goal: tuple[str, int] | None = None) -> Iterator[str]:
         """Train until ``stop_reason()``; yields ``"step"`` after every step, ``"epoch"``
         after every epoch, ``"stop"`` when it stops mid-epoch (the moments to checkpoint).
-        ``planned``: the steps the run expects in all, over which the lr schedule runs;
+        ``planned``: the steps the run expects in all, over which the lr schedule runs (None:
+        unknown, a stream, with a constant lr);
         ``goal``: ``("epochs" or "steps", limit)``, for the epoch lines (``_report``)."""
         state = self.state
         progress = self.options.progress
@@ -294,7 +307,8 @@ class Trainer:
                   else LR_SCHEDULES[self.options.lr_schedule])
         while not stop_reason():
             state.data = self._signature(schedule)
-            bar = self._bar(schedule.steps_per_epoch())
+            per_epoch = schedule.steps_per_epoch()  # None: a stream
+            bar = self._bar(per_epoch)
             epoch_start, rows = time.perf_counter(), 0
             for (batches, position), last in _with_last(
                 schedule.epoch(state.epoch, state.position)
@@ -304,11 +318,11 @@ class Trainer:
                                            strict=True):
                         group["lr"] = base * factor(state.step, planned)
                 self._record(self._step(batches, state.step + 1))
-                if count_rows:
-                    rows += self._rows(batches)
+                step_rows = self._rows(batches) if count_rows else 0
+                rows += step_rows
                 state.step += 1
                 state.position = position
-                bar.update()
+                bar.update(1 if per_epoch is not None else step_rows)
                 bar.set_postfix_str(self._running_losses())
                 if last:
                     break
@@ -442,13 +456,16 @@ class Trainer:
         weighting_state = self.weighting.state_dict()
         optimizer_state = distributed.full_state(self.optimizer.state_dict())
         rng = _rng_state(self.device)
+        sources = None  # every rank's stream position, where a stream is read
         if self.ranks is not None:
             rng["ranks"] = self.ranks.gather(rng)
+            if self.state.position.source is not None:
+                sources = self.ranks.gather(self.state.position.source)
         self._on_rank_zero(lambda: write_checkpoint(path, {
             "model": record(self.model, model_state, self._model_layout(model_state)),
             "weighting": record(self.weighting, weighting_state, shapes(weighting_state)),
             "optimizer": record(self.optimizer, optimizer_state, self._optimizer_layout()),
-            "trainer": distributed.full_state(self.state.to_dict()),
+            "trainer": distributed.full_state(self.state.to_dict(sources)),
             "rng": rng,
         }))
         self._saved = (path, self.state.step)
@@ -464,8 +481,9 @@ class Trainer:
         path = Path(path)
         payload = (read_checkpoint(path, map_location=self.device) if self.ranks is None
                    else self._on_rank_zero(lambda: read_checkpoint(path, map_location="cpu")))
+        rank = 0 if self.ranks is None else self.ranks.rank
         try:
-            state = TrainerState.from_dict(payload["trainer"])
+            state = TrainerState.from_dict(payload["trainer"], rank)
             model_state = self.model.state_dict()
             check_fits("model", payload["model"], self.model, self._model_layout(model_state))
             check_fits("weighting", payload["weighting"], self.weighting,
@@ -478,7 +496,6 @@ class Trainer:
                               ) from None
         before = self._snapshot()
         try:
-            rank = 0 if self.ranks is None else self.ranks.rank
             self._restore(payload["model"]["state"], payload["weighting"]["state"],
                           payload["optimizer"]["state"], _rank_rng_state(payload["rng"], rank))
         except Exception as error:  # a checksummed file whose contents are not ours
@@ -606,9 +623,21 @@ class Trainer:
 
     def _source(self, data, what: str, shuffle: bool, offset: int = 0):
         options, ranks = self.options, self.ranks
+        if is_stream(data):
+            if options.batching == "by_length":
+                raise MtlzooError(f"{what} is a stream: batching='by_length' needs every "
+                                  "row's length first; use batching='shuffle'")
+            return StreamBatches(data, options.batch_size, shuffle, options.seed + 7919 * offset,
+                                 what, *((0, 1, None) if ranks is None else
+                                         (ranks.rank, ranks.size, self._any_rank)),
+                                 window_batches=options.stream_window)
         return as_batches(data, what, options.batch_size, shuffle, options.seed + 7919 * offset,
                           options.input_key if options.batching == "by_length" else None,
                           *((0, 1) if ranks is None else (ranks.rank, ranks.size)))
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is True on any rank (a collective, under DDP)."""
+        return bool(self.ranks.sum(torch.tensor([float(flag)], device=self.ranks.device)) > 0)
 
     def _check_task(self, name: str, where: str) -> None:
         if name not in self.tasks:
@@ -619,12 +648,14 @@ class Trainer:
 
     # --- progress -------------------------------------------------------------------------
 
-    def _bar(self, per_epoch: int):
+    def _bar(self, per_epoch: int | None):
+        """Steps of ``per_epoch``; rows and rows/s where the length is unknown (a stream)."""
         from tqdm import tqdm
 
+        stream = {"unit": " rows", "unit_scale": True} if per_epoch is None else {}
         return tqdm(
-            total=per_epoch, initial=self.state.position.steps,
-            desc=f"epoch {self.state.epoch + 1}",
+            total=per_epoch, initial=0 if per_epoch is None else self.state.position.steps,
+            desc=f"epoch {self.state.epoch + 1}", **stream,
             disable=None if self.options.progress else True,  # None: on a terminal only
             leave=False, dynamic_ncols=True,
         )
@@ -658,8 +689,9 @@ class Trainer:
         kind, limit = goal or ("epochs", None)
         if kind == "epochs":
             head = f"epoch {row['epoch']}/{limit if limit is not None else '?'}"
-            left_steps = (0 if limit is None
-                          else max(limit - state.epoch, 0) * schedule.steps_per_epoch())
+            per_epoch = schedule.steps_per_epoch()
+            left_steps = (0 if limit is None else None if per_epoch is None
+                          else max(limit - state.epoch, 0) * per_epoch)
         else:
             head = f"epoch {row['epoch']} (step {state.step}/{limit})"
             left_steps = max(limit - state.step, 0)
@@ -675,7 +707,7 @@ class Trainer:
         if metrics:
             parts.append("eval " + " ".join(metrics))
         parts.append(f"rows/s {_rate(rate)}")
-        parts.append(f"left {_clock(per_step * left_steps)}")
+        parts.append("left ?" if left_steps is None else f"left {_clock(per_step * left_steps)}")
         tqdm.write(" ".join(parts), file=sys.stderr)
         sys.stderr.flush()
 
