@@ -269,11 +269,11 @@ def test_census_trains_through_the_sparse_encoder_as_through_the_tabular_one():
             keys = encoder.input_keys
         model = mtlzoo.create_model("mmoe", tasks=data.tasks, encoder=encoder,
                                     num_experts=4, expert_dims=(16,), tower_dims=(8,))
-        trainer = mtlzoo.Trainer(model, lr=1e-3, batch_size=1024, seed=0, progress=False,
+        trainer = mtlzoo.Trainer(model, lr=1e-2, batch_size=1024, seed=0, progress=False,
                                  input_key=keys)
         trainer.fit(train_data, epochs=2)
         runs[kind] = trainer.evaluate(eval_data)
     for task in ("income", "marital"):
         tabular, sparse = runs["tabular"].loc[task, "auc"], runs["sparse"].loc[task, "auc"]
-        assert tabular > 0.75, (task, tabular)  # it learned something
+        assert tabular > 0.8, (task, tabular)  # it learned something
         assert sparse == pytest.approx(tabular, abs=1e-4), (task, tabular, sparse)
