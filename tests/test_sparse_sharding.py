@@ -18,8 +18,10 @@ from mtlzoo.encoders import SparseEncoder
 from mtlzoo.encoders.sharding import (
     CPU_SHARDING_TYPES,
     gather_tables,
+    load_tables,
     shard_tables,
     table_parameter_names,
+    table_state_names,
 )
 from tests.test_distributed import WORLD, spawn
 
@@ -100,8 +102,9 @@ def sharded(rank: int, optimizer: str, steps: int, placements, constraints=None)
                             constraints=constraints)
     assert parallel.module is net
     ignored = table_parameter_names(net)
+    assert set(ignored) <= set(table_state_names(net))
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        net, ignored)
+        net, table_state_names(net))
     ddp = nn.parallel.DistributedDataParallel(net)
     ddp.register_comm_hook(None, _sum_hook)
     dense_params = [p for name, p in net.named_parameters() if name not in ignored]
@@ -152,10 +155,31 @@ def test_sharded_tables_take_the_step_of_one_process(two_ranks, run):
         torch.testing.assert_close(second["dense"][key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_tables_gather_and_load_unsharded():
+    net = model()
+    tables = gather_tables(net.encoder)
+    assert all(torch.equal(tables[name], net.encoder.table(name)) for name in FEATURES)
+    load_tables(net.encoder, {name: torch.zeros_like(t) for name, t in tables.items()})
+    assert all(net.encoder.table(name).abs().sum() == 0 for name in FEATURES)
+    names = [f"encoder.collection.embedding_bags.{name}.weight" for name in FEATURES]
+    assert table_parameter_names(net) == table_state_names(net) == names
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    ({"optimizer": "adam"}, r"optimizer='adam' for tables on cpu: fbgemm's CPU kernels"),
+    ({"optimizer": "lamb"}, r"optimizer must be one of 'sgd', 'adagrad' or 'adam'"),
+    ({"sharding_types": ["row_wise"]}, r"'row_wise' on cpu: .*table_wise or column_wise"),
+    ({"sharding_types": []}, r"at least one of"),
+    ({"lr": 0}, r"lr must be > 0"),
+    ({}, r"needs a process group"),
+])
+def test_shard_tables_checks_its_options(options, fragment):
+    with pytest.raises(MtlzooError, match=fragment):
+        shard_tables(model(), **options)
+
+
 def test_shard_tables_refuses_a_model_without_torchrec_tables():
     net = mtlzoo.create_model("mmoe", tasks=[mtlzoo.Task("a")],
                               encoder=SparseEncoder(FEATURES, 2, embedding_dim=4))
     with pytest.raises(MtlzooError, match=r"no SparseEncoder\(backend='torchrec'\)"):
         shard_tables(net)
-    with pytest.raises(MtlzooError, match="needs a process group"):
-        shard_tables(model())

@@ -53,12 +53,12 @@ def shard_tables(
     choose from (None: all the device allows: ``"table_wise"`` and ``"column_wise"`` on CPU,
     ``"row_wise"`` too on CUDA); ``constraints``: more ``torchrec.distributed.planner.
     ParameterConstraints`` fields for every table (``{"min_partition": 4}`` lets column-wise
-    shards be 4 columns wide); ``optimizer`` (``"adam"``, element-wise
-    with ``betas``, ``eps``; or ``"sgd"``) and ``lr``: the fused update the tables get in
+    shards be 4 columns wide). ``optimizer`` and ``lr``: the fused update the tables get in
     the backward pass: ``"sgd"``, ``"adagrad"`` (element-wise, ``eps``; both equal to
     ``torch.optim.SGD`` / ``Adagrad`` step for step, rows without a gradient being left
     alone by either) or, on CUDA only (fbgemm's CPU kernels have no Adam), ``"adam"``
     (``betas``, ``eps``; its moments move only on the rows a batch touches: "lazy" Adam).
+    The model's other parameters and buffers are untouched: see ``table_state_names``.
     """
     try:
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -74,11 +74,8 @@ def shard_tables(
     except ImportError as error:
         raise MtlzooError(f"shard_tables needs TorchRec: {TORCHREC_INSTALL} ({error})") from None
     encoders = _torchrec_encoders(model)
-    if not dist.is_available() or not dist.is_initialized():
-        raise MtlzooError("shard_tables needs a process group: launch with torchrun or call "
-                          "torch.distributed.init_process_group first")
-    group = process_group or dist.group.WORLD
     lr = _checks.real("lr", lr, positive=True)
+    eps = _checks.real("eps", eps, positive=True)
     _checks.choice("optimizer", optimizer, list(OPTIMIZERS))
     device = next(iter(encoders[0].collection.parameters())).device
     allowed = SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
@@ -89,6 +86,13 @@ def shard_tables(
         if kind not in allowed:
             raise MtlzooError(f"sharding type {kind!r} on {device.type}: TorchRec shards "
                               f"tables there {' or '.join(allowed)}")
+    if optimizer == "adam" and device.type != "cuda":
+        raise MtlzooError(f"optimizer='adam' for tables on {device.type}: fbgemm's CPU kernels "
+                          "have no Adam; use 'adagrad' or 'sgd' (or train on CUDA)")
+    if not dist.is_available() or not dist.is_initialized():
+        raise MtlzooError("shard_tables needs a process group: launch with torchrun or call "
+                          "torch.distributed.init_process_group first")
+    group = process_group or dist.group.WORLD
     # the ranks' gradients are summed, not averaged: each rank's loss is already divided by
     # the global count (TorchRec divides by the world size by default, as DDP averages);
     # a setting of the whole process
@@ -98,15 +102,10 @@ def shard_tables(
             dist.broadcast(encoder.table(name).data, src=0, group=group)
     whole = {id(encoder): {name: encoder.table(name).detach().clone()
                            for name in encoder.names} for encoder in encoders}
-
-    device = next(iter(encoders[0].collection.parameters())).device
-    if optimizer == "adam" and device.type != "cuda":
-        raise MtlzooError(f"optimizer='adam' for tables on {device.type}: fbgemm's CPU kernels "
-                          "have no Adam; use 'adagrad' or 'sgd' (or train on CUDA)")
     fused = {"optimizer": {"sgd": EmbOptimType.EXACT_SGD, "adagrad": EmbOptimType.EXACT_ADAGRAD,
                            "adam": EmbOptimType.ADAM}[optimizer], "learning_rate": lr}
     if optimizer != "sgd":
-        fused.update(eps=_checks.real("eps", eps, positive=True), weight_decay=0.0)
+        fused.update(eps=eps, weight_decay=0.0)
     if optimizer == "adam":
         fused.update(beta1=betas[0], beta2=betas[1])
     sharders = [EmbeddingBagCollectionSharder(fused_params=fused)]
@@ -124,7 +123,7 @@ def shard_tables(
         model, env=ShardingEnv.from_process_group(group), device=device, plan=plan,
         sharders=sharders, init_data_parallel=False, init_parameters=False)
     for encoder in encoders:
-        _load_tables(encoder, whole[id(encoder)])
+        load_tables(encoder, whole[id(encoder)])
     return parallel
 
 
@@ -136,6 +135,17 @@ def table_parameter_names(module: nn.Module) -> list[str]:
     tables = {id(p) for encoder in _torchrec_encoders(module, required=False)
               for p in encoder.collection.parameters()}
     return [name for name, p in module.named_parameters() if id(p) in tables]
+
+
+def table_state_names(module: nn.Module) -> list[str]:
+    """The names of the TorchRec tables' parameters and buffers in ``module`` (a sharded
+    collection holds buffers of its own, each rank's of its own shape): what a broadcast of
+    rank 0's state must skip and a ``DistributedDataParallel`` over ``module`` must ignore."""
+    prefixes = [f"{name}." for name, sub in module.named_modules()
+                if any(sub is encoder.collection
+                       for encoder in _torchrec_encoders(module, required=False))]
+    names = [name for name, _ in [*module.named_parameters(), *module.named_buffers()]]
+    return [name for name in names if name.startswith(tuple(prefixes))] if prefixes else []
 
 
 def gather_tables(encoder: SparseEncoder) -> dict[str, Tensor]:
@@ -165,8 +175,9 @@ def gather_tables(encoder: SparseEncoder) -> dict[str, Tensor]:
     return tables
 
 
-def _load_tables(encoder: SparseEncoder, tables: dict[str, Tensor]) -> None:
-    """Write whole ``tables`` into this rank's shards of ``encoder``'s tables."""
+def load_tables(encoder: SparseEncoder, tables: dict[str, Tensor]) -> None:
+    """Write whole ``tables`` (feature -> (k_f, e), as ``gather_tables`` returns) into this
+    rank's shards of ``encoder``'s tables, or into the tables when they are not sharded."""
     state = encoder.collection.state_dict()
     with torch.no_grad():
         for key, value in state.items():
