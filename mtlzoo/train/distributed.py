@@ -223,6 +223,13 @@ class StepForward(nn.Module):
                     for name, x in inputs]
 
 
+def _no_rows(inputs):
+    """A model input (a tensor, or a dict of them) cut to no rows."""
+    if isinstance(inputs, Tensor):
+        return inputs[:0]
+    return {key: value[:0] for key, value in inputs.items()}
+
+
 def _sum_hook(state, bucket):  # unannotated: DDP compares the annotations with its own
     """DDP's all-reduce of a ``dist.GradBucket`` without the division by the number of
     ranks: the losses are normalised by global counts, so the ranks' gradients add up to
@@ -257,38 +264,32 @@ class DistributedStep(TrainStep):
         if self.gradient_method:
             weighting.rank_sum, weighting.world_size = ranks.sum, ranks.size
         weighting.load_state_dict(ranks.broadcast(weighting.state_dict()))
-        if not ranks.sharded:  # (FSDP2's shard did it)
-            from_rank_0(model)
-        self.forward = StepForward(model)
-        self.wrapped: tuple[bool, DistributedDataParallel] | None = None  # (per_task, DDP)
-
-    def _module(self, per_task: bool) -> nn.Module:
-        """What runs the step's forward passes: FSDP2's sharded model as it is, or DDP. A
-        per-task step leaves the heads of the tasks it has no batch of unused, so DDP looks
-        for unused parameters after each such step (not after a joint one: every task's
-        head takes part in it, see ``_losses``); it is built at the first step of a regime."""
-        if self.ranks.sharded:
-            return self.forward
-        if self.wrapped is None or self.wrapped[0] != per_task:
-            device = next(self.model.parameters()).device
-            self.wrapped = None  # the old reducer's hooks go with it
-            ddp = DistributedDataParallel(
-                self.forward, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=per_task, forward_sync_buffers=False,
-            )
-            ddp.register_comm_hook(None, _sum_hook)
-            self.wrapped = (per_task, ddp)
-        return self.wrapped[1]
+        if ranks.sharded:
+            self.module = StepForward(model)
+            return
+        device = next(model.parameters()).device
+        # every parameter takes part in every step (see _losses): no search for unused ones
+        self.module = DistributedDataParallel(
+            StepForward(model), device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=False, forward_sync_buffers=False,
+        )
+        self.module.register_comm_hook(None, _sum_hook)
 
     def _losses(self, step_batches: dict[str | None, Batch]
                 ) -> tuple[dict[str, Tensor], Tensor]:
         inputs = [(name, self.reader.inputs(batch)) for name, batch in step_batches.items()]
-        module = self._module(per_task=JOINT not in step_batches)
+        # a per-task step runs the tasks it has no batch of on no rows, so that every head
+        # takes part (DDP waits for a gradient of every parameter)
+        idle = ([] if JOINT in step_batches or self.gradient_method else
+                [name for name in self.tasks if name not in step_batches])
+        empty = _no_rows(inputs[0][1]) if idle else None
         if self.gradient_method:  # per-task gradients are summed by hand, not by DDP
-            with module.no_sync() if isinstance(module, DistributedDataParallel) else nullcontext():
-                outputs = module(inputs)
+            with self.module.no_sync() if isinstance(self.module, DistributedDataParallel) \
+                    else nullcontext():
+                outputs = self.module(inputs)
         else:
-            outputs = module(inputs)
+            outputs = self.module(inputs + [(name, empty) for name in idle])
+        outputs, idle_outputs = outputs[:len(inputs)], outputs[len(inputs):]
         sums: dict[str, tuple[Tensor, Tensor]] = {}
         aux = None
         for (task_name, batch), out in zip(step_batches.items(), outputs, strict=True):
@@ -317,8 +318,9 @@ class DistributedStep(TrainStep):
                 losses[name] = numerator / denominator + (mine - mine.detach())
         if not self.gradient_method:
             # DDP waits for a gradient of every parameter: a task with no labelled row on
-            # any rank (its head unused) joins the first loss, times zero
+            # any rank, or no batch (run on no rows), joins the first loss, times zero
             absent = [local_sum for name, (local_sum, _) in sums.items() if name not in losses]
+            absent += [logits.sum() for out in idle_outputs for logits in out.logits.values()]
             if absent and losses:
                 first = next(iter(losses))
                 losses[first] = losses[first] + sum(absent).mul(0)
