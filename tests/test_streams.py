@@ -160,6 +160,70 @@ def test_one_dataset_per_task_refuses_a_stream(files):
         trainer().fit(per_task, epochs=1)
 
 
+# --- torch iterables of unknown length -----------------------------------------------------
+
+
+class Rows(torch.utils.data.IterableDataset):
+    """``rows`` dict rows like the parquet files' (no len()); under DDP the rows of this
+    rank's share: rank r of N yields rows r, r + N, ... of the first ``rows`` (uneven)."""
+
+    def __init__(self, rows: int, per_rank: dict[int, int] | None = None) -> None:
+        self.rows, self.per_rank = rows, per_rank
+
+    def __iter__(self):
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        count = self.rows if self.per_rank is None else self.per_rank[rank]
+        g = torch.Generator().manual_seed(rank)
+        for i in range(count):
+            x = torch.randn(6, generator=g)
+            yield {"x": x, "a": int(x[0] > 0), "c": float(x[1]), "row": 1000 * rank + i}
+
+
+class Stateful(torch.utils.data.DataLoader):
+    """A DataLoader over ``Rows`` that saves and restores its position (as torchdata's
+    ``StatefulDataLoader`` does), counting its restores."""
+
+    def __init__(self, rows: Rows) -> None:
+        super().__init__(rows, batch_size=BATCH)
+        self.taken, self.restores = 0, 0
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        for _ in range(self.taken):
+            next(iterator)
+        for batch in iterator:
+            self.taken += 1
+            yield batch
+        self.taken = 0
+
+    def state_dict(self) -> dict:
+        return {"taken": self.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.taken, self.restores = state["taken"], self.restores + 1
+
+
+@pytest.mark.parametrize("make", [lambda: Rows(70),  # rows: the trainer batches them
+                                  lambda: torch.utils.data.DataLoader(Rows(70), BATCH),
+                                  lambda: Stateful(Rows(70))])
+def test_a_torch_iterable_without_len_trains_by_epochs_and_resumes_exactly(make, tmp_path):
+    whole = trainer()
+    whole.fit(make(), epochs=2)
+    assert whole.step == 2 * -(-70 // BATCH)
+    trainer().fit(make(), steps=12, checkpoint=tmp_path / "run.pt")  # mid-epoch 2
+    resumed, data = trainer(), make()
+    resumed.load(tmp_path / "run.pt")
+    resumed.fit(data, epochs=2)
+    for key, value in state(whole).items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    if isinstance(data, Stateful):  # restored from its state, not replayed
+        assert data.restores == 1
+    with pytest.raises(MtlzooError, match="train it with steps="):
+        trainer(lr_schedule="cosine").fit(make(), epochs=1)
+
+
 # --- 2 ranks -------------------------------------------------------------------------------
 
 KILL_AT = 7  # of about 14 steps an epoch: each rank's files are 2 of the 4
@@ -193,6 +257,17 @@ def _two_ranks(rank: int, folder: Path, mode: str) -> dict:
         found["warning"] = [str(w.message) for w in caught]
         found["rows"] = rows_of(source.passes(0))
         found["eval"] = run.evaluate(stream(paths)).to_dict("index")
+        # a loader over an IterableDataset that yields each rank's share, 30 and 50 rows
+        shares = Rows(0, per_rank={0: 30, 1: 50})
+        loader = torch.utils.data.DataLoader(shares, batch_size=BATCH)
+        found["loader rows"] = rows_of(run._source(loader, "shares", shuffle=True).passes(0))
+        loaded = trainer()
+        loaded.fit(torch.utils.data.DataLoader(shares, batch_size=BATCH), epochs=1)
+        found["loader steps"] = loaded.step
+        try:
+            trainer().fit(torch.utils.data.DataLoader(list(range(4))), epochs=1)
+        except MtlzooError as error:
+            found["map-style refused"] = str(error)
     return found
 
 
@@ -228,6 +303,15 @@ def test_two_ranks_read_their_own_files_and_resume_a_killed_run_exactly(two_rank
     # uneven shares: the longer one's steps, the shorter rank taking empty batches
     assert whole[0]["steps"] == 2 * -(-max(70 + 58, 45 + 33) // BATCH)  # files 0, 2 and 1, 3
     assert whole[0]["eval"]["a"]["rows"] == sum(FILE_ROWS)
+
+
+def test_two_ranks_read_a_loader_of_their_own_shares_to_the_longest(two_ranks):
+    whole = two_ranks["whole"]
+    seen = whole[0]["loader rows"] + whole[1]["loader rows"]
+    assert sorted(seen) == [*range(30), *range(1000, 1050)]
+    assert whole[0]["loader steps"] == whole[1]["loader steps"] == -(-50 // BATCH)
+    assert "over an IterableDataset that yields each rank's share" in \
+        whole[0]["map-style refused"]
 
 
 def test_two_ranks_on_three_files_each_read_every_file_and_keep_their_rows(two_ranks):

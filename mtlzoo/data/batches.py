@@ -22,7 +22,7 @@ step by step as one process with the global batch does. A ``DataLoader`` is not 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -313,44 +313,106 @@ def _extent(ids: object, key: str, name: str) -> Tensor:
 
 
 class IterableBatches(Batches):
-    """A ``DataLoader`` or another re-iterable of dict batches, in its own order."""
+    """A ``DataLoader`` or another re-iterable of dict batches, in its own order, of a known
+    length or not (a loader over a torch ``IterableDataset``: an epoch ends with it).
 
-    def __init__(self, data: Iterable, name: str) -> None:
-        self.data, self.name = data, name
+    Under DDP (``any_rank`` given) the loader must yield this rank's share (its dataset
+    reads ``torch.distributed.get_rank()``; docs/data.md); a rank whose share has ended
+    takes empty batches while another's has not (``until_every_rank_ends``). A resumed pass
+    replays the batches it skips, or, from a loader with ``state_dict()`` and
+    ``load_state_dict()`` (torchdata's ``StatefulDataLoader``), restores its saved state."""
+
+    def __init__(self, data: Iterable, name: str,
+                 any_rank: Callable[[bool], bool] | None = None) -> None:
+        self.data, self.name, self.any_rank = data, name, any_rank
+        self.stateful = callable(getattr(data, "state_dict", None)) and callable(
+            getattr(data, "load_state_dict", None))
 
     def __len__(self) -> int:
+        length = self.known_length()
+        if length is None:
+            raise MtlzooError(f"{self.name} has no len(): its number of batches is not known")
+        return length
+
+    def known_length(self) -> int | None:
         try:
             return len(self.data)
-        except TypeError:
-            raise MtlzooError(
-                f"{self.name} has no len(); pass a DataLoader, a datasets.Dataset or a dict "
-                "of tensors"
-            ) from None
+        except TypeError:  # a DataLoader over an IterableDataset, a generator's iterable
+            return None
 
     def signature(self) -> dict[str, int | str | None]:
-        return {"loader": type(self.data).__name__, "batches": len(self)}
+        return {"loader": type(self.data).__name__, "batches": self.known_length()}
 
-    def passes(self, pass_id: int, skip: int = 0) -> Iterator[Batch]:
+    def passes(self, pass_id: int, skip: int = 0, state: dict | None = None
+               ) -> Iterator[Batch]:
+        iterator, empty = self._start(skip, state)
+        own = self._checked(iterator)
+        if self.any_rank is None:
+            yield from own
+            return
+        for batch, padding in until_every_rank_ends(own, self.any_rank, self.name, empty):
+            if padding and self.stateful:
+                self.position = {**self.position, "ended": True, "empty": batch}
+            yield batch
+
+    def _start(self, skip: int, state: dict | None) -> tuple[Iterator, Batch | None]:
+        """The pass's iterator after ``skip`` batches (restored from a stateful loader's
+        ``state``, else replayed), and the no-row batch a rank whose share ended before
+        them pads with (None if it has not)."""
+        if state is not None and self.stateful:
+            if state.get("ended"):
+                return iter(()), state["empty"]
+            self.data.load_state_dict(state["loader"])
+            skip = 0
         # a DataLoader draws its base seed from torch's RNG when a pass starts; a fork keeps
         # that draw out of the RNG that dropout uses, so resuming mid-pass replays it exactly
         with torch.random.fork_rng(devices=[]):
             iterator = iter(self.data)
+        last = None
         for _ in range(skip):
-            next(iterator, None)
+            last = next(iterator, None) or last
+        return iterator, None if last is None else {k: v[:0] for k, v in dict(last).items()}
+
+    def _checked(self, iterator: Iterator) -> Iterator[Batch]:
         for batch in iterator:
             if not isinstance(batch, Mapping):
                 raise MtlzooError(
                     f"{self.name} must yield dict batches (column -> tensor), got "
                     f"{type(batch).__name__}"
                 )
+            if self.stateful:
+                self.position = {"loader": self.data.state_dict()}
             yield dict(batch)
 
 
+def until_every_rank_ends(batches: Iterator[Batch], any_rank: Callable[[bool], bool],
+                          name: str, empty: Batch | None = None
+                          ) -> Iterator[tuple[Batch, bool]]:
+    """This rank's ``batches``, then empty ones (no rows, the columns of its last batch, or
+    ``empty``) while another rank still has batches: ``(batch, padding)``. Every step the
+    ranks sum one flag (``any_rank``), so no rank waits for a batch that never comes."""
+    while True:
+        batch = next(batches, None)
+        if not any_rank(batch is not None):
+            return
+        if batch is None:
+            if empty is None:
+                raise MtlzooError(f"{name}: this rank's share has no rows while another "
+                                  "rank's has; give every rank at least one batch")
+            yield dict(empty), True
+        else:
+            empty = {key: value[:0] for key, value in batch.items()}
+            yield batch, False
+
+
 def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int,
-               length_key: str | None = None, rank: int = 0, world: int = 1) -> Batches:
+               length_key: str | None = None, rank: int = 0, world: int = 1,
+               any_rank: Callable[[bool], bool] | None = None) -> Batches:
     """Wrap user data; ``name`` says what it is in error messages. ``length_key``: batch by
     the length of the token ids in that column (``IndexedBatches``). ``rank`` of ``world``:
-    this rank's shard; only data the trainer batches itself can be sharded."""
+    this rank's shard; only data the trainer batches itself can be sharded, and a loader
+    over an ``IterableDataset`` that yields this rank's rows (``any_rank``: a flag summed
+    over the ranks, see ``until_every_rank_ends``)."""
     if _is_dataset_dict(data):
         raise MtlzooError(
             f"{name} is a DatasetDict with splits {list(data)}; pass one split, e.g. data['train']"
@@ -360,15 +422,22 @@ def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int,
     ):
         source: Batches = IndexedBatches(data, batch_size, shuffle, seed, length_key, name,
                                          rank, world)
+    elif isinstance(data, torch.utils.data.IterableDataset):  # rows: batched here
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
+        return as_batches(loader, name, batch_size, shuffle, seed, length_key, rank, world,
+                          any_rank)
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping, Tensor)):
-        if world > 1:
+        iterable_rows = isinstance(getattr(data, "dataset", None),
+                                   torch.utils.data.IterableDataset)
+        if world > 1 and not iterable_rows:
             raise MtlzooError(
                 f"{name} is a {type(data).__name__}: under DDP ({world} ranks) the trainer "
                 "shards only data it batches itself, so that the ranks together take the "
                 "steps of one process; pass a datasets.Dataset or a dict of tensors. (A "
                 "DataLoader would have every rank read every row; a DistributedSampler "
                 "shards it but pads and reorders the rows, so its steps are not those of "
-                "one process)"
+                "one process. A DataLoader over an IterableDataset that yields each rank's "
+                "share is taken: docs/data.md)"
             )
         if length_key is not None:
             raise MtlzooError(
@@ -376,13 +445,8 @@ def as_batches(data, name: str, batch_size: int, shuffle: bool, seed: int,
                 f"datasets.Dataset or a dict of tensors); {name} is a {type(data).__name__}: "
                 "order its batches yourself, or use batching='shuffle'"
             )
-        source = IterableBatches(data, name)
-    else:
-        raise MtlzooError(
-            f"{name} must be a datasets.Dataset, a dict of tensors or a DataLoader, got "
-            f"{type(data).__name__}"
-        )
-    if len(source) == 0:
+        source = IterableBatches(data, name, any_rank if world > 1 else None)
+    if source.known_length() == 0:
         raise MtlzooError(f"{name} is empty")
     return source
 

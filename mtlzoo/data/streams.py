@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from mtlzoo.data.batches import Batch, Batches
+from mtlzoo.data.batches import Batch, Batches, until_every_rank_ends
 from mtlzoo.errors import MtlzooError
 
 WINDOW_BATCHES = 64  # batches whose rows are read, and shuffled, together
@@ -85,21 +85,12 @@ class StreamBatches(Batches):
         if self.any_rank is None:
             yield from own
             return
-        empty = None if state is None else state.get("empty")
-        while True:
-            batch = next(own, None)
-            if not self.any_rank(batch is not None):
-                return
-            if batch is None:  # this rank's share has ended, another's has not
-                if empty is None:
-                    raise MtlzooError(f"{self.name}: this rank's share of the stream has no "
-                                      "rows; give the stream at least as many rows as ranks")
-                self.position = {**self.position, "ended": True}
-                yield dict(empty)
-            else:
-                empty = {key: value[:0] for key, value in batch.items()}
-                self.position = {**self.position, "empty": empty}
-                yield batch
+        ended = state is not None and state.get("ended")  # padding since the checkpoint
+        for batch, padding in until_every_rank_ends(own, self.any_rank, self.name,
+                                                    state["empty"] if ended else None):
+            if padding:
+                self.position = {**self.position, "ended": True, "empty": batch}
+            yield batch
 
     def _own(self, pass_id: int, state: dict | None) -> Iterator[Batch]:
         """This rank's batches of the pass; ``self.position`` follows each one."""

@@ -633,7 +633,7 @@ class Trainer:
                                  window_batches=options.stream_window)
         return as_batches(data, what, options.batch_size, shuffle, options.seed + 7919 * offset,
                           options.input_key if options.batching == "by_length" else None,
-                          *((0, 1) if ranks is None else (ranks.rank, ranks.size)))
+                          *((0, 1) if ranks is None else (ranks.rank, ranks.size, self._any_rank)))
 
     def _any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is True on any rank (a collective, under DDP)."""
