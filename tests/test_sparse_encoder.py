@@ -221,6 +221,18 @@ def test_torchrec_backend_gives_the_outputs_and_gradients_of_the_torch_backend()
     assert torch.equal(rec.dense.weight, plain.dense.weight)
 
 
+@pytest.mark.parametrize("backend", ["torch", "torchrec"])
+def test_a_batch_of_no_rows_gives_no_rows(backend):
+    """The trainer's distributed step runs idle tasks on no rows."""
+    if backend == "torchrec":
+        pytest.importorskip("torchrec")
+    encoder = SparseEncoder(FEATURES, 2, embedding_dim=3, pooling=POOLING, backend=backend)
+    out = encoder({key: value[:0] for key, value in sparse_batch().items()})
+    assert out.shape == (0, 4 * 3 + 2)
+    out.sum().backward()
+    assert encoder.table_grad("user").abs().sum() == 0
+
+
 def test_torchrec_backend_checks_ids_and_trains_in_a_model():
     pytest.importorskip("torchrec")
     torch.manual_seed(0)

@@ -114,9 +114,13 @@ def sharded(rank: int, optimizer: str, steps: int, placements, constraints=None)
         opt.zero_grad()
         loss(ddp, mine, WORLD * ROWS).backward()
         opt.step()
+    empty = {key: value[:0] for key, value in batches(1)[0].items()}  # the trainer's idle
+    no_rows = tuple(net.encoder(  # tasks run on no rows: the all-to-alls still happen
+        {key: empty[key] for key in ("user", "item", "tags", "dense")}).shape)
     table_grads = [net.get_parameter(name).grad for name in ignored]
     dense = {k: v.clone() for k, v in net.state_dict().items() if "collection" not in k}
     return {"tables": gather_tables(net.encoder), "dense": dense, "ignored": ignored,
+            "no rows": no_rows,
             "table grads": [None if g is None else float(g.abs().sum()) for g in table_grads],
             "plan": {name: (placement.sharding_type, placement.ranks) for name, placement
                      in parallel.plan.plan["encoder.collection"].items()}}
@@ -144,6 +148,7 @@ def test_sharded_tables_take_the_step_of_one_process(two_ranks, run):
         assert all(ranks == [0, 1] for _, ranks in first["plan"].values()), first["plan"]
     assert len(first["ignored"]) == len(FEATURES), first["ignored"]
     assert first["table grads"] == [None] * len(FEATURES)  # fused: the update in backward
+    assert first["no rows"] == second["no rows"] == (0, len(FEATURES) * DIM + 2)
     for name in FEATURES:
         assert torch.equal(first["tables"][name], second["tables"][name])
         moved = (expected["tables"][name] - model().encoder.table(name)).abs().max()

@@ -178,6 +178,9 @@ class SparseEncoder(nn.Module):
             torch.arange(len(ids), device=ids[0].device),
             torch.tensor([column.shape[1] for column in ids], device=ids[0].device))
         self._check_range(torch.cat(ids, dim=1), feature)
+        rows = ids[0].shape[0]
+        if rows == 0:  # TorchRec cannot split a batch of no rows: one row with no id, cut
+            ids = [column.new_full((1, 1), PAD) for column in ids]
         valid = [column != PAD for column in ids]
         features = KeyedJaggedTensor(
             keys=list(self.names),
@@ -186,9 +189,9 @@ class SparseEncoder(nn.Module):
         )
         pooled = self.collection(features)  # sharded: its keys grouped by placement
         if list(pooled.keys()) == list(self.names):
-            return pooled.values()
+            return pooled.values()[:rows]
         by_name = pooled.to_dict()
-        return torch.cat([by_name[name] for name in self.names], dim=1)
+        return torch.cat([by_name[name] for name in self.names], dim=1)[:rows]
 
     def _ids(self, inputs: Mapping[str, Tensor], name: str) -> Tensor:
         column = inputs[name]
