@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5,
                         help="timed rounds per process (each side one pass), after a warm-up")
     parser.add_argument("--rows", type=int, default=data_path.ROWS, help="rows of data")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (2, the target's; another count writes "
+                        "data_path_<n>thread.*)")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="where results go (default ./results)")
     args = parser.parse_args(argv)

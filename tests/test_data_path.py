@@ -153,7 +153,7 @@ def test_the_script_writes_every_side_with_its_ratio_and_overhead(tmp_path, monk
     argv = ["--processes", "1", "--rounds", "1", "--rows", "300", "--threads", "1",
             "--out", str(tmp_path)]
     code = script("data_path").main(argv)
-    table = pd.read_csv(tmp_path / "data_path.csv")
+    table = pd.read_csv(tmp_path / "data_path_1thread.csv")
     assert list(table.columns) == ["side", "rows_per_s", "ratio", "ratio_min", "ratio_max",
                                    "ms_per_step", "data_pct", "loop_pct", "step_extra_pct",
                                    "overhead_pct", "target"]
@@ -162,9 +162,9 @@ def test_the_script_writes_every_side_with_its_ratio_and_overhead(tmp_path, monk
     assert table.ratio[0] == 1 and (table.rows_per_s > 0).all() and (table.ratio > 0).all()
     assert table.data_pct[1:].notna().all() and table.data_pct[1:].ge(0).all()
     assert table.target.tolist()[1:3] == [0.9, 0.8]
-    runs = pd.read_csv(tmp_path / "data_path_runs.csv")
+    runs = pd.read_csv(tmp_path / "data_path_1thread_runs.csv")
     assert len(runs) == len(table) and set(runs.process) == {1}
-    text = (tmp_path / "data_path.md").read_text()
+    text = (tmp_path / "data_path_1thread.md").read_text()
     assert "--rows 300" in text and "Load average" in text and text in capsys.readouterr().out
     checks = [line for line in text.splitlines() if line.startswith("* ")]
     assert len(checks) == 3

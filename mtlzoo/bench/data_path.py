@@ -114,8 +114,8 @@ class _Clock:
     def timed_passes(self, passes):
         clock = self
 
-        def run(source, pass_id, skip=0):
-            iterator = passes(source, pass_id, skip)
+        def run(source, *args, **kwargs):
+            iterator = passes(source, *args, **kwargs)
             while True:
                 start = time.perf_counter()
                 batch = next(iterator, None)
@@ -124,6 +124,16 @@ class _Clock:
                     return
                 yield batch
         return run
+
+
+def _sources() -> list[type]:
+    """The trainer's kinds of data source, whose ``passes`` the data clock times."""
+    kinds = [batches_module.IndexedBatches, batches_module.IterableBatches]
+    if has_streams():
+        from mtlzoo.data.streams import StreamBatches
+
+        kinds.append(StreamBatches)
+    return kinds
 
 
 def _stream_of(dataset):
@@ -162,7 +172,7 @@ def time_process(rows: int = ROWS, rounds: int = 5, threads: int = 2) -> list[di
                 seconds = _bare_pass(trainers[BARE], cut)
             else:
                 with ExitStack() as stack:
-                    for kind in (batches_module.IndexedBatches, batches_module.IterableBatches):
+                    for kind in _sources():
                         stack.enter_context(mock.patch.object(
                             kind, "passes", clock.timed_passes(kind.passes)))
                     start = time.perf_counter()
@@ -197,8 +207,8 @@ def _parts(m: dict, bare_seconds: float) -> dict[str, float]:
 def benchmark(out: Path = RESULTS, processes: int = 3, rounds: int = 5, rows: int = ROWS,
               threads: int = 2, command: str | None = None) -> SpeedResult:
     """``processes`` fresh processes, each running :func:`time_process`; the median over
-    processes written to ``out/data_path{.md,.csv,_runs.csv}``, with the targets checked
-    (``result.checks``)."""
+    processes written to ``out/data_path{.md,.csv,_runs.csv}`` (on 2 threads, the target's;
+    else ``out/data_path_<n>thread...``), with the targets checked (``result.checks``)."""
     command = command or f"mtlzoo.bench.data_path.benchmark(processes={processes})"
     torch.set_num_threads(threads)  # here too, for the stamp
     load_before = os.getloadavg()
@@ -245,7 +255,7 @@ def benchmark(out: Path = RESULTS, processes: int = 3, rounds: int = 5, rows: in
     ]
     markdown = markdown_report("Data path: Trainer.fit against a bare loop", stamp(command),
                                about, table, after=[f"* {check}" for check in checks])
-    stem = out / "data_path"
+    stem = out / ("data_path" if threads == 2 else f"data_path_{threads}thread")
     return SpeedResult(table, write_result(stem, table, markdown, runs), markdown, checks)
 
 
