@@ -5,6 +5,7 @@ does): the steps equal one process's steps with the global batch. Skipped withou
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,172 @@ def test_shard_tables_refuses_a_model_without_torchrec_tables():
                               encoder=SparseEncoder(FEATURES, 2, embedding_dim=4))
     with pytest.raises(MtlzooError, match=r"no SparseEncoder\(backend='torchrec'\)"):
         shard_tables(net)
+
+
+# --- the Trainer shards the tables itself under DDP --------------------------------------
+
+# weighting -> (the tables' and the rest's optimizer, lr schedule, regime): the one-process
+# trainer trains everything with the optimizer named, the sharded one the tables with the
+# fused kernel of that name and the rest with the same torch optimizer. Per task: one
+# task's batch a step (proportional), or every task's (round robin, which the fused
+# kernels update once per pass: exact with SGD alone)
+TRAINER_RUNS = {"equal": ("sgd", "constant", "joint"),
+                "uncertainty": ("adagrad", "cosine", "joint"),
+                "equal per_task proportional": ("adagrad", "constant", "proportional"),
+                "uncertainty per_task round_robin": ("sgd", "constant", "round_robin")}
+EPOCHS = 2
+CUT, STEPS = 2, 5  # the checkpoint is saved after step CUT of 3 a epoch; resumed to STEPS
+
+
+def table_data() -> dict[str, torch.Tensor]:
+    """48 rows: 3 steps of 2 ranks x ROWS an epoch."""
+    return {key: torch.cat([batch[key] for batch in batches(3)]) for key in batches(1)[0]}
+
+
+def run_trainer(weighting: str, optimizer: str, schedule: str, regime: str,
+                strategy: str, batch_size: int) -> tuple:
+    net = model()
+    run = mtlzoo.Trainer(net, weighting.split()[0], OPTIMIZERS[optimizer], lr=LR,
+                         lr_schedule=schedule, table_optimizer=optimizer,
+                         sampling="round_robin" if regime == "joint" else regime,
+                         batch_size=batch_size, input_key=net.encoder.input_keys,
+                         progress=False, strategy=strategy)
+    data = table_data()
+    train = data if regime == "joint" else {
+        task: {key: value for key, value in data.items() if key != other}
+        for task, other in (("a", "b"), ("b", "a"))}
+    history = run.fit(train, eval=data, epochs=EPOCHS)
+    return run, history
+
+
+def trained(run: mtlzoo.Trainer, history) -> dict:
+    from mtlzoo.encoders.sharding import gather_tables as gather
+
+    net = run.model
+    return {"tables": gather(net.encoder),
+            "dense": {k: v.clone() for k, v in net.state_dict().items() if "collection" not in k},
+            "weighting": {k: v.clone() for k, v in run.weighting.state_dict().items()},
+            "history": history, "evaluate": run.evaluate(table_data()),
+            "table grads": [net.get_parameter(name).grad
+                            for name in table_parameter_names(net)]}
+
+
+def resume_run(folder: Path, steps: int, load: bool = False, save: bool = False) -> dict:
+    net = model()
+    run = mtlzoo.Trainer(net, "uncertainty", OPTIMIZERS["adagrad"], lr=LR,
+                         table_optimizer="adagrad", batch_size=ROWS,
+                         input_key=net.encoder.input_keys, progress=False, strategy="ddp")
+    if load:
+        run.load(folder / "cut.ckpt")
+    run.fit(table_data(), steps=steps, checkpoint=folder / "cut.ckpt" if save else None)
+    return {"tables": gather_tables(net.encoder), "step": run.step,
+            "dense": {k: v.clone() for k, v in net.state_dict().items() if "collection" not in k}}
+
+
+REFUSED = {"fsdp": {"strategy": "fsdp"}, "pcgrad": {"weighting": "pcgrad"},
+           "grad_clip": {"grad_clip": 1.0}, "compile": {"compile": True}}
+
+
+def trainer_scenario(rank: int, folder: Path) -> dict:
+    results = {name: trained(*run_trainer(name, *run, "ddp", ROWS))
+               for name, run in TRAINER_RUNS.items()}
+    results["uninterrupted"] = resume_run(folder, STEPS)
+    resume_run(folder, CUT, save=True)
+    results["resumed"] = resume_run(folder, STEPS, load=True)
+    try:  # round robin with Adagrad's tables: two updates a step, not one
+        run_trainer("equal", "adagrad", "constant", "round_robin", "ddp", ROWS)
+        results["refused round_robin"] = None
+    except MtlzooError as error:
+        results["refused round_robin"] = str(error)
+    for name, options in REFUSED.items():
+        net = model()
+        try:
+            mtlzoo.Trainer(net, **{"strategy": "ddp", "progress": False, **options})
+            results[f"refused {name}"] = None
+        except MtlzooError as error:
+            results[f"refused {name}"] = str(error)
+    return results
+
+
+@pytest.fixture(scope="module")
+def trainer_ranks(tmp_path_factory) -> tuple[list, Path]:
+    folder = tmp_path_factory.mktemp("torchrec_trainer") / "ranks"
+    return spawn(trainer_scenario, folder), folder
+
+
+@pytest.mark.parametrize("name", sorted(TRAINER_RUNS))
+def test_trainer_shards_tables_and_takes_the_steps_of_one_process(trainer_ranks, name):
+    optimizer, schedule, regime = TRAINER_RUNS[name]
+    expected = trained(*run_trainer(name, optimizer, schedule, regime, "none", WORLD * ROWS))
+    first, second = (ranks[name] for ranks in trainer_ranks[0])
+    assert first["table grads"] == [None] * len(FEATURES)  # sharded: the fused update
+    assert expected["table grads"][0] is not None  # one process: the trainer's optimizer
+    for name_ in FEATURES:
+        assert torch.equal(first["tables"][name_], second["tables"][name_])
+        moved = (expected["tables"][name_] - model().encoder.table(name_)).abs().max()
+        assert moved > 1e-4, name_
+        torch.testing.assert_close(first["tables"][name_], expected["tables"][name_],
+                                   rtol=1e-5, atol=1e-6)
+    for part in ("dense", "weighting"):
+        for key, value in expected[part].items():
+            for rank in (first, second):
+                torch.testing.assert_close(rank[part][key], value, rtol=1e-5, atol=1e-6)
+    for table in ("history", "evaluate"):  # evaluation under DDP: every rank's forward
+        for rank in (first, second):
+            assert list(rank[table].columns) == list(expected[table].columns)
+            numeric = expected[table].select_dtypes("number").columns
+            assert (rank[table][numeric] - expected[table][numeric]).abs().max().max() < 1e-5
+    assert "a/auc" in expected["history"] and expected["evaluate"]["rows"].tolist() == [48, 48]
+
+
+def test_sharded_checkpoint_resumes_exactly_and_loads_whole(trainer_ranks):
+    ranks, folder = trainer_ranks
+    for rank in ranks:
+        whole, resumed = rank["uninterrupted"], rank["resumed"]
+        assert whole["step"] == resumed["step"] == STEPS
+        for name in FEATURES:
+            torch.testing.assert_close(resumed["tables"][name], whole["tables"][name],
+                                       rtol=0, atol=1e-7)
+        for key, value in whole["dense"].items():
+            torch.testing.assert_close(resumed["dense"][key], value, rtol=0, atol=1e-7)
+    from mtlzoo.train.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(folder / "cut.ckpt")
+    tables = payload["optimizer"]["state"]["tables"]  # Adagrad's sums, whole
+    assert {k: tuple(v["momentum1"].shape) for k, v in tables.items()} == {
+        f"encoder.collection.embedding_bags.{name}.weight": (rows, DIM)
+        for name, rows in FEATURES.items()}
+    assert all(float(v["momentum1"].abs().sum()) > 0 for v in tables.values())
+    net = model()  # the tables whole: the weights load into one process's model
+    net.load_state_dict(payload["model"]["state"])
+    assert not torch.equal(net.encoder.table("user"), model().encoder.table("user"))
+    run = mtlzoo.Trainer(net, "uncertainty", OPTIMIZERS["adagrad"], lr=LR, strategy="none",
+                         input_key=net.encoder.input_keys, progress=False)
+    with pytest.raises(MtlzooError, match=r"saved with TorchRec tables sharded over ranks"):
+        run.load(folder / "cut.ckpt")
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("fsdp", r"strategy='fsdp': FSDP2 would shard the tables a second time"),
+    ("pcgrad", r"weighting PCGrad combines per-task gradients"),
+    ("grad_clip", r"grad_clip: the tables' gradients never reach .grad"),
+    ("compile", r"compile: torch.compile of TorchRec's sharded collection"),
+    ("round_robin", r"sampling='round_robin' with the TorchRec tables sharded and trained by "
+                    r"the fused 'adagrad'"),
+])
+def test_trainer_refuses_what_sharded_tables_cannot_make_exact(trainer_ranks, name, fragment):
+    for rank in trainer_ranks[0]:
+        message = rank[f"refused {name}"]
+        assert message is not None, name
+        assert re.search(fragment, message), message
+        if name != "round_robin":
+            assert "TorchRec tables (SparseEncoder(backend='torchrec'))" in message
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    ({"table_optimizer": "lamb"}, r"table_optimizer must be one of .*, got 'lamb'"),
+    ({"table_lr": 0}, r"table_lr must be > 0, got 0"),
+])
+def test_trainer_checks_the_table_options(options, fragment):
+    with pytest.raises(MtlzooError, match=fragment):
+        mtlzoo.Trainer(model(), strategy="none", **options)

@@ -200,3 +200,97 @@ def _torchrec_encoders(model: nn.Module, required: bool = True) -> list[SparseEn
         raise MtlzooError("shard_tables found no SparseEncoder(backend='torchrec') in the "
                           "model: there is no table to shard")
     return found
+
+
+# --- what a trainer's checkpoint and lr schedule need of sharded tables -----------------
+
+
+def whole_tables_state(model: nn.Module, state: dict) -> dict:
+    """``state`` (``model.state_dict()``, its other entries as they are) with the entry of
+    every TorchRec table replaced by the whole table (``gather_tables``: a collective when
+    the tables are sharded), under the key an unsharded model has: a state dict that
+    ``load_state_dict`` of the same model in one process takes."""
+    state = dict(state)
+    for prefix, encoder in _named_torchrec_encoders(model):
+        for name, table in gather_tables(encoder).items():
+            state[f"{prefix}collection.embedding_bags.{name}.weight"] = table
+    return state
+
+
+def load_whole_tables_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Load a state dict ``whole_tables_state`` made (whole tables) into ``model``, whose
+    tables may be sharded: each rank writes its shards (``load_tables``), the rest by
+    ``load_state_dict``. Every key of ``model.state_dict()`` must be in ``state``."""
+    tables = set(table_state_names(model))
+    rest = {key: value for key, value in state.items() if key not in tables}
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    missing = [key for key in missing if key not in tables]
+    if missing or unexpected:
+        raise MtlzooError(f"the state lacks {missing} and has {unexpected} besides")
+    for prefix, encoder in _named_torchrec_encoders(model):
+        load_tables(encoder, {name: state[f"{prefix}collection.embedding_bags.{name}.weight"]
+                              for name in encoder.names})
+
+
+def gather_table_optimizer(parallel: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """The state of the fused table optimizer of ``parallel`` (what ``shard_tables``
+    returned) whole, on every rank (a collective): table parameter name -> state name
+    (``"momentum1"`` of Adagrad, Adam's moments; none for SGD) -> a whole tensor."""
+    pieces: dict = {}
+    for key, entries in parallel.fused_optimizer.state_dict()["state"].items():
+        for state_name, value in entries.items():
+            state_name = state_name.rsplit(".", 1)[-1]  # "user.momentum1" -> "momentum1"
+            if hasattr(value, "local_shards"):
+                pieces.setdefault(key, {})[state_name] = (
+                    tuple(value.size()),
+                    [(tuple(shard.metadata.shard_offsets), shard.tensor.detach().cpu())
+                     for shard in value.local_shards()])
+            elif isinstance(value, Tensor):
+                pieces.setdefault(key, {})[state_name] = (
+                    tuple(value.shape), [((0,) * value.dim(), value.detach().cpu())])
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, pieces)
+    whole: dict[str, dict[str, Tensor]] = {}
+    for rank_pieces in everyone:
+        for key, entries in rank_pieces.items():
+            for state_name, (size, shards) in entries.items():
+                tensor = whole.setdefault(key, {}).setdefault(
+                    state_name, torch.zeros(size, dtype=shards[0][1].dtype if shards
+                                            else torch.float32))
+                for offsets, piece in shards:
+                    tensor[tuple(slice(o, o + n) for o, n in zip(offsets, piece.shape,
+                                                                  strict=True))] = piece
+    return whole
+
+
+def load_table_optimizer(parallel: nn.Module, whole: Mapping[str, Mapping[str, Tensor]]
+                         ) -> None:
+    """Write a fused optimizer state ``gather_table_optimizer`` returned into this rank's
+    shards of it (in place; no communication)."""
+    with torch.no_grad():
+        for key, entries in parallel.fused_optimizer.state_dict()["state"].items():
+            for state_name, value in entries.items():
+                source = whole[key][state_name.rsplit(".", 1)[-1]]
+                if hasattr(value, "local_shards"):
+                    for shard in value.local_shards():
+                        offsets = shard.metadata.shard_offsets
+                        shard.tensor.copy_(source[tuple(
+                            slice(o, o + n) for o, n in zip(offsets, shard.tensor.shape,
+                                                            strict=True))])
+                elif isinstance(value, Tensor):
+                    value.copy_(source)
+
+
+def set_table_lr(parallel: nn.Module, lr: float) -> None:
+    """The learning rate of the fused table optimizer of ``parallel`` (applied by the next
+    backward pass)."""
+    optimizer = parallel.fused_optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()  # TorchRec's fused optimizers pass their lr to the kernels here
+
+
+def _named_torchrec_encoders(model: nn.Module) -> list[tuple[str, SparseEncoder]]:
+    """Each ``SparseEncoder(backend="torchrec")`` of ``model`` with its state-dict prefix."""
+    return [(f"{name}." if name else "", module) for name, module in model.named_modules()
+            if isinstance(module, SparseEncoder) and module.backend == "torchrec"]

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtlzoo.data.batches import Batch
 from mtlzoo.data.schedule import JOINT
+from mtlzoo.encoders.sharding import table_state_names
 from mtlzoo.errors import MtlzooError
 from mtlzoo.layers import StackedMLP
 from mtlzoo.losses import task_loss_sums
@@ -268,9 +269,14 @@ class DistributedStep(TrainStep):
             self.module = StepForward(model)
             return
         device = next(model.parameters()).device
+        forward = StepForward(model)
+        # TorchRec's sharded tables (the trainer's shard_tables): trained by their fused
+        # optimizer in the backward pass, each rank's shards its own; DDP leaves them alone
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            forward, table_state_names(forward))
         # every parameter takes part in every step (see _losses): no search for unused ones
         self.module = DistributedDataParallel(
-            StepForward(model), device_ids=[device.index] if device.type == "cuda" else None,
+            forward, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=False, forward_sync_buffers=False,
         )
         self.module.register_comm_hook(None, _sum_hook)

@@ -21,6 +21,8 @@ from mtlzoo.tasks import Task
 from mtlzoo.weighting import Weighting, create_weighting
 
 STRATEGIES = ("auto", "ddp", "fsdp", "none")  # how many processes train, and how
+# the fused optimizers TorchRec's sharded tables train with under DDP (Trainer(table_optimizer=))
+TABLE_OPTIMIZERS = ("adagrad", "sgd", "adam")
 # precision -> the dtype the forward passes autocast to (None: no autocast)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 # the keyword arguments of torch.compile that Trainer(compile={...}) may set
@@ -65,6 +67,8 @@ class Options:
     strategy: str = "auto"
     precision: str = "fp32"
     compile: bool | Mapping[str, object] = False
+    table_optimizer: str = "adagrad"
+    table_lr: float | None = None
 
     def __post_init__(self) -> None:
         _checks.real("lr", self.lr, positive=True)
@@ -116,6 +120,9 @@ class Options:
                         f"{', '.join(COMPILE_OPTIONS)}"
                     )
             object.__setattr__(self, "compile", dict(self.compile))
+        _checks.choice("table_optimizer", self.table_optimizer, TABLE_OPTIMIZERS)
+        if self.table_lr is not None:
+            _checks.real("table_lr", self.table_lr, positive=True)
 
 
 def check_device(value: object) -> torch.device | None:

@@ -29,6 +29,7 @@ from mtlzoo import _checks
 from mtlzoo.data.batches import as_batches
 from mtlzoo.data.schedule import JOINT, JointSchedule, Position, TaskSchedule
 from mtlzoo.data.streams import WINDOW_BATCHES, StreamBatches, is_stream
+from mtlzoo.encoders import sharding
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import labelled_rows, task_loss
 from mtlzoo.metrics import KIND_METRICS, METRIC_DIRECTIONS, task_metrics
@@ -58,6 +59,7 @@ from mtlzoo.train.step import (
     compiled_model_config,
 )
 from mtlzoo.weighting import Weighting
+from mtlzoo.weighting.base import GradientWeighting
 
 
 class Trainer:
@@ -88,6 +90,11 @@ class Trainer:
     and optimizer state sharded across the ranks, experts on the expert axis; loss
     weightings only), or ``"none"`` (one process); under DDP and FSDP2 the ranks together
     take exactly the steps one process takes with their global batch (docs/distributed.md).
+    Under DDP the tables of a ``SparseEncoder(backend="torchrec")`` are sharded over the
+    ranks by TorchRec and trained by its fused ``table_optimizer`` (``"adagrad"``,
+    ``"sgd"``, ``"adam"`` on CUDA) at ``table_lr`` (None: ``lr``), the rest by DDP and
+    ``optimizer``; in one process the trainer's optimizer trains the tables too
+    (docs/distributed.md, "Sharded embedding tables").
     Every option is checked here, before anything runs.
 
     ``precision``: ``"fp32"``, or ``"bf16"``: the forward passes (training and evaluation)
@@ -127,6 +134,8 @@ class Trainer:
         strategy: str = "auto",
         precision: str = "fp32",
         compile: bool | Mapping[str, object] = False,
+        table_optimizer: str = "adagrad",
+        table_lr: float | None = None,
     ) -> None:
         if not isinstance(model, MultiTaskModel):
             raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
@@ -136,7 +145,8 @@ class Trainer:
             temperature=temperature, input_key=input_key, weight_key=weight_key,
             label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
             seed=seed, progress=progress, device=device, strategy=strategy,
-            precision=precision, compile=compile,
+            precision=precision, compile=compile, table_optimizer=table_optimizer,
+            table_lr=table_lr,
         )
         self.ranks = distributed.resolve(self.options.strategy)  # None: one process
         if self.ranks is not None:
@@ -153,9 +163,18 @@ class Trainer:
         self.weighting.to(self.device)
         if self.options.compile is not False:  # a compiled backward cannot be batched
             self.weighting.batched_backward = False
+        # TorchRec tables under DDP: sharded, trained by their fused optimizer in backward
+        self._tables = None  # the DistributedModelParallel that holds them
+        self._table_lr = self.options.table_lr or self.options.lr
+        if self.ranks is not None and sharding.table_state_names(model):
+            self._check_table_sharding()
+            self._tables = sharding.shard_tables(model, lr=self._table_lr,
+                                                 optimizer=self.options.table_optimizer)
         if self.ranks is not None and self.ranks.sharded:  # before the optimizer sees them
             distributed.shard(model, self.weighting, self.ranks)
-        params = [*model.parameters(), *self.weighting.parameters()]
+        tables = set(sharding.table_parameter_names(model)) if self._tables else set()
+        params = [*(p for name, p in model.named_parameters() if name not in tables),
+                  *self.weighting.parameters()]
         self.optimizer = make_optimizer(optimizer, params, self.options)
         self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.reader = BatchReader(self.tasks, self.options.input_key, self.options.weight_key,
@@ -234,6 +253,16 @@ class Trainer:
         if early_stopping is not None:
             self._check_early_stopping(early_stopping, eval)
         schedule = self._schedule(train)
+        if (self._tables is not None and isinstance(schedule, TaskSchedule)
+                and schedule.sampling == "round_robin"
+                and self.options.table_optimizer != "sgd"):
+            raise MtlzooError(
+                f"sampling='round_robin' with the TorchRec tables sharded and trained by the "
+                f"fused {self.options.table_optimizer!r}: a step runs every task's batch "
+                "through the tables, and the fused kernels update them once per pass, which "
+                f"{self.options.table_optimizer!r} (unlike 'sgd') does not make the one "
+                "update of the step's summed gradient; use sampling='proportional' or "
+                "'temperature' (one task's batch a step), or table_optimizer='sgd'")
         eval_sources = None if eval is None else self._eval_sources(eval)
         changed = self._check_data(schedule)
         if by_epochs and schedule.steps_per_epoch() is None and \
@@ -288,8 +317,7 @@ class Trainer:
             ) from None
         stopping = self.state.stopping
         if early_stopping and not self.state.mid_epoch and stopping.weights is not None:
-            self.model.load_state_dict(distributed.shard_like(stopping.weights,
-                                                              self.model.state_dict()))
+            self._load_model_state(stopping.weights)
         return self.history
 
     def _run(self, schedule, eval_sources, stop_reason: Callable[[], str | None], early: bool,
@@ -317,6 +345,9 @@ class Trainer:
                     for group, base in zip(self.optimizer.param_groups, self._base_lrs,
                                            strict=True):
                         group["lr"] = base * factor(state.step, planned)
+                    if self._tables is not None:  # the tables' fused optimizer too
+                        sharding.set_table_lr(self._tables,
+                                              self._table_lr * factor(state.step, planned))
                 self._record(self._step(batches, state.step + 1))
                 step_rows = self._rows(batches) if count_rows else 0
                 rows += step_rows
@@ -371,7 +402,7 @@ class Trainer:
                     f"{[key for key in row if '/' in key]}); does the eval data label the task?"
                 )
             state.stopping.update(row[column], row["epoch"], lambda: {
-                k: v.detach().clone() for k, v in self.model.state_dict().items()
+                k: v.detach().clone() for k, v in self._weights().items()
             })
         state.history.append(row)
         state.epoch += 1
@@ -451,10 +482,12 @@ class Trainer:
         are no longer finite is never saved: ``MtlzooError``, and the file stays as it was.
         Under DDP every rank calls it: rank 0 writes, with every rank's RNG states."""
         path = Path(path)
-        model_state = distributed.full_state(self.model.state_dict())  # FSDP2: gathered
+        model_state = distributed.full_state(self._weights())  # FSDP2: gathered
         self._check_finite(path, model_state)
         weighting_state = self.weighting.state_dict()
         optimizer_state = distributed.full_state(self.optimizer.state_dict())
+        if self._tables is not None:  # the fused table optimizer's state, whole
+            optimizer_state["tables"] = sharding.gather_table_optimizer(self._tables)
         rng = _rng_state(self.device)
         sources = None  # every rank's stream position, where a stream is read
         if self.ranks is not None:
@@ -484,7 +517,8 @@ class Trainer:
         rank = 0 if self.ranks is None else self.ranks.rank
         try:
             state = TrainerState.from_dict(payload["trainer"], rank)
-            model_state = self.model.state_dict()
+            self._check_tables_fit(payload["optimizer"])
+            model_state = self._weights()
             check_fits("model", payload["model"], self.model, self._model_layout(model_state))
             check_fits("weighting", payload["weighting"], self.weighting,
                        shapes(self.weighting.state_dict()))
@@ -524,28 +558,74 @@ class Trainer:
 
     def _snapshot(self) -> tuple[dict, dict, dict, dict]:
         """Copies of what ``_restore`` sets, to roll a failed load back."""
-        return (copy.deepcopy(self.model.state_dict()),
-                copy.deepcopy(self.weighting.state_dict()),
-                copy.deepcopy(self.optimizer.state_dict()), _rng_state(self.device))
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        if self._tables is not None:
+            optimizer["tables"] = sharding.gather_table_optimizer(self._tables)
+        return (copy.deepcopy(self._weights()), copy.deepcopy(self.weighting.state_dict()),
+                optimizer, _rng_state(self.device))
 
     def _restore(self, model: dict, weighting: dict, optimizer: dict, rng: dict) -> None:
-        self.model.load_state_dict(distributed.shard_like(model, self.model.state_dict()))
+        self._load_model_state(model)
         self.weighting.load_state_dict(weighting)
         hyperparameters = [{k: v for k, v in group.items() if k != "params"}
                            for group in self.optimizer.param_groups]
+        optimizer = dict(optimizer)
+        tables = optimizer.pop("tables", None)
         self.optimizer.load_state_dict(distributed.shard_optimizer_state(optimizer,
                                                                         self.optimizer))
+        if self._tables is not None:
+            sharding.load_table_optimizer(self._tables, tables)
         for group, kept in zip(self.optimizer.param_groups, hyperparameters, strict=True):
             group.update(kept)
         _set_rng_state(rng)
+
+    def _weights(self) -> dict:
+        """The model's state dict; TorchRec's sharded tables in it whole (a collective)."""
+        state = self.model.state_dict()
+        return state if self._tables is None else sharding.whole_tables_state(self.model, state)
+
+    def _load_model_state(self, state: dict) -> None:
+        """Load a state dict of whole tensors (``_weights``, gathered) into the model, each
+        rank its shards of FSDP2's parameters or TorchRec's tables."""
+        if self._tables is not None:
+            sharding.load_whole_tables_state(self.model, state)
+        else:
+            self.model.load_state_dict(distributed.shard_like(state, self.model.state_dict()))
+
+    def _check_tables_fit(self, saved: object) -> None:
+        """A checkpoint's fused table optimizer state is there exactly when this trainer
+        shards TorchRec tables, and of its kind."""
+        state = saved.get("state") if isinstance(saved, Mapping) else None
+        tables = state.get("tables") if isinstance(state, Mapping) else None
+        if tables is None and self._tables is None:
+            return
+        if self._tables is None:
+            raise MtlzooError(
+                "it was saved with TorchRec tables sharded over ranks, trained by their fused "
+                "optimizer, whose state this trainer (one process, the tables trained by its "
+                "optimizer) has no place for: resume it under DDP, or load its model weights "
+                "alone (read_checkpoint(path)['model']['state'] holds the tables whole)")
+        if tables is None:
+            raise MtlzooError(
+                "this trainer shards TorchRec tables over ranks and trains them with a fused "
+                "optimizer, and the checkpoint has no state of it (it was saved in one "
+                "process or without sharded tables)")
+        ours = set(sharding.table_parameter_names(self.model))
+        if not isinstance(tables, Mapping) or not set(tables) <= ours:
+            raise MtlzooError(f"its fused table optimizer state names {sorted(tables)}, "
+                              f"this model's tables are {sorted(ours)}")
 
     def _model_layout(self, model_state: dict) -> dict:
         tasks = [[task.name, task.kind, task.num_classes or 0] for task in self.model.tasks]
         return {"tasks": tasks, **shapes(model_state)}
 
     def _optimizer_layout(self) -> dict:
-        return {f"param_groups[{i}]": [len(group["params"])]
-                for i, group in enumerate(self.optimizer.param_groups)}
+        layout = {f"param_groups[{i}]": [len(group["params"])]
+                  for i, group in enumerate(self.optimizer.param_groups)}
+        if self._tables is not None:  # the fused optimizer of the tables, by kind
+            layout[f"tables ({self.options.table_optimizer})"] = [
+                len(sharding.table_parameter_names(self.model))]
+        return layout
 
     def _check_finite(self, path: Path, model_state: dict) -> None:
         for name, value in [*model_state.items(),
@@ -638,6 +718,31 @@ class Trainer:
     def _any_rank(self, flag: bool) -> bool:
         """True when ``flag`` is True on any rank (a collective, under DDP)."""
         return bool(self.ranks.sum(torch.tensor([float(flag)], device=self.ranks.device)) > 0)
+
+    def _check_table_sharding(self) -> None:
+        """Refuse, before the model changes, what would not be exact with TorchRec tables
+        sharded over the ranks and trained by their fused optimizer in the backward pass."""
+        options, why = self.options, None
+        if self.ranks.sharded:
+            why = ("strategy='fsdp': FSDP2 would shard the tables a second time, over "
+                   "TorchRec's shards; use strategy='ddp' (or 'auto'), under which TorchRec "
+                   "shards the tables and DDP replicates the rest")
+        elif isinstance(self.weighting, GradientWeighting):
+            why = (f"weighting {type(self.weighting).__name__} combines per-task gradients of "
+                   "the shared parameters, and the fused kernels update the tables in the "
+                   "backward pass, leaving them no gradient to combine; use a loss weighting "
+                   "(equal, uncertainty, dwa, rlw, fixed weights)")
+        elif options.grad_clip is not None:
+            why = ("grad_clip: the tables' gradients never reach .grad (the fused kernels "
+                   "apply them in the backward pass), so the clipped norm would leave them "
+                   "out; train without grad_clip")
+        elif options.compile is not False:
+            why = "compile: torch.compile of TorchRec's sharded collection is not supported"
+        if why is not None:
+            raise MtlzooError(
+                "the model has TorchRec tables (SparseEncoder(backend='torchrec')), which "
+                f"the trainer shards over the {self.ranks.size} ranks, and {why}. "
+                "strategy='none' trains them in one process with the trainer's optimizer")
 
     def _check_task(self, name: str, where: str) -> None:
         if name not in self.tasks:
