@@ -223,7 +223,9 @@ def run_trainer(weighting: str, optimizer: str, schedule: str, regime: str,
     train = data if regime == "joint" else {
         task: {key: value for key, value in data.items() if key != other}
         for task, other in (("a", "b"), ("b", "a"))}
-    history = run.fit(train, eval=data, epochs=EPOCHS)
+    # early stopping keeps the best epoch's weights (the tables gathered whole) and restores
+    # them at the end (each rank its shards)
+    history = run.fit(train, eval=data, epochs=EPOCHS, early_stopping="b/auc", patience=2)
     return run, history
 
 
@@ -235,6 +237,7 @@ def trained(run: mtlzoo.Trainer, history) -> dict:
             "dense": {k: v.clone() for k, v in net.state_dict().items() if "collection" not in k},
             "weighting": {k: v.clone() for k, v in run.weighting.state_dict().items()},
             "history": history, "evaluate": run.evaluate(table_data()),
+            "best epoch": run.best_epoch,
             "table grads": [net.get_parameter(name).grad
                             for name in table_parameter_names(net)]}
 
@@ -305,6 +308,7 @@ def test_trainer_shards_tables_and_takes_the_steps_of_one_process(trainer_ranks,
             numeric = expected[table].select_dtypes("number").columns
             assert (rank[table][numeric] - expected[table][numeric]).abs().max().max() < 1e-5
     assert "a/auc" in expected["history"] and expected["evaluate"]["rows"].tolist() == [48, 48]
+    assert first["best epoch"] == second["best epoch"] == expected["best epoch"]
 
 
 def test_sharded_checkpoint_resumes_exactly_and_loads_whole(trainer_ranks):
