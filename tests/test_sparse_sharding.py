@@ -269,6 +269,13 @@ def trainer_scenario(rank: int, folder: Path) -> dict:
         results["refused round_robin"] = None
     except MtlzooError as error:
         results["refused round_robin"] = str(error)
+    alone = model()  # a one-process checkpoint: no fused optimizer state to resume
+    mtlzoo.Trainer(alone, strategy="none", progress=False).save(folder / f"alone{rank}.ckpt")
+    try:
+        mtlzoo.Trainer(model(), strategy="ddp", progress=False).load(folder / "alone0.ckpt")
+        results["refused one-process checkpoint"] = None
+    except MtlzooError as error:
+        results["refused one-process checkpoint"] = str(error)
     for name, options in REFUSED.items():
         net = model()
         try:
@@ -345,13 +352,15 @@ def test_sharded_checkpoint_resumes_exactly_and_loads_whole(trainer_ranks):
     ("compile", r"compile: torch.compile of TorchRec's sharded collection"),
     ("round_robin", r"sampling='round_robin' with the TorchRec tables sharded and trained by "
                     r"the fused 'adagrad'"),
+    ("one-process checkpoint", r"does not fit this trainer: this trainer shards TorchRec "
+                               r"tables .* the checkpoint has no state of it"),
 ])
 def test_trainer_refuses_what_sharded_tables_cannot_make_exact(trainer_ranks, name, fragment):
     for rank in trainer_ranks[0]:
         message = rank[f"refused {name}"]
         assert message is not None, name
         assert re.search(fragment, message), message
-        if name != "round_robin":
+        if name in REFUSED:
             assert "TorchRec tables (SparseEncoder(backend='torchrec'))" in message
 
 
