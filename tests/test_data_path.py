@@ -10,7 +10,7 @@ import torch
 
 import mtlzoo
 from mtlzoo.data import batches as batches_module
-from mtlzoo.data.batches import ArrowColumns, as_batches, take
+from mtlzoo.data.batches import ArrowColumns, arrow_tensor, as_batches, take
 
 datasets = pytest.importorskip("datasets")
 
@@ -84,6 +84,19 @@ def test_copies_past_the_budget_go_through_the_torch_format(monkeypatch):
     single = ArrowColumns(datasets.Dataset.from_dict(columns()))  # one chunk: no copy
     # bools are bit-packed and uint16 has no torch dtype: both would be copied
     assert sorted(single.tensors) == ["half", "ids", "x"]
+
+
+def test_an_arrow_column_converts_as_the_torch_format_does():
+    table = datasets.Dataset.from_dict(columns()).with_format("arrow")[:]
+    reference = datasets.Dataset.from_dict(columns()).with_format("torch")[:]
+    for name in table.column_names:
+        for column in (table.column(name), table.column(name).combine_chunks()):
+            got = arrow_tensor(column)
+            if name in OTHER:
+                assert got is None, name
+            else:
+                assert got.dtype == reference[name].dtype, name
+                assert torch.equal(got, reference[name]), name
 
 
 @pytest.mark.parametrize("shape, dtype", [((50, 3), torch.float32), ((50,), torch.int64),

@@ -214,6 +214,19 @@ def _table_and_mapping(data) -> tuple[object, Tensor | None]:
     return table, torch.from_numpy(rows.astype("int64"))
 
 
+def arrow_tensor(column) -> Tensor | None:
+    """An Arrow column (an array or a chunked array, e.g. a stream's window read in
+    ``"arrow"`` format) as the torch format gives it: numbers, or equal-length lists of
+    them, without nulls, as one tensor (integers int64, floats float32); None for any
+    other column, which the torch format must convert."""
+    import pyarrow as pa
+
+    if not isinstance(column, pa.ChunkedArray):
+        column = pa.chunked_array([column], type=column.type)
+    read = _column_tensor(column, budget=1 << 62)
+    return None if read is None else read[0].to(read[1])
+
+
 def _column_tensor(column, budget: int) -> tuple[Tensor, torch.dtype, int] | None:
     """An Arrow column as ``(tensor, the dtype the torch format gives it, bytes copied)``,
     or None when it is not numbers (or equal-length lists of them) without nulls, or
