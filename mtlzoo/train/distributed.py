@@ -340,10 +340,7 @@ class DistributedStep(TrainStep):
             # a stack of one (one gate's weights, (1, d, e)) has a size-1 axis whose stride
             # autograd's gradient and DDP's bucket choose differently: a copy, no error
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-            weights = self.weighting.backward(
-                losses, self.model.shared_parameters(), self.model.task_parameters(),
-                representation,
-            )
+            weights = self.weighting.backward(losses, *self.parameters(), representation)
         if self.gradient_method:
             self.ranks.sum_grads(self.model.parameters())
         return weights
