@@ -35,4 +35,6 @@ Speed: ratios within one run, never timed tests
                         passes (``benchmarks/task_gradients.py``)
     ``text_batching``   real tokens/s of the text recipe's model, ``batching="shuffle"``
                         against ``"by_length"`` (``benchmarks/text_batching.py``)
+    ``data_path``       ``Trainer.fit``'s rows/s against a bare loop, fed tensors, a
+                        ``datasets.Dataset`` and a stream (``benchmarks/data_path.py``)
 """

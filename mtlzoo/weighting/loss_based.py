@@ -29,7 +29,11 @@ class Equal(LossWeighting):
 
     def weights(self, losses: dict[str, Tensor]) -> Tensor:
         task_index(self.task_names, list(losses))
-        return torch.ones_like(_stack(losses))
+        first = next(iter(losses.values()))
+        return torch.ones(len(losses), dtype=first.dtype, device=first.device)
+
+    def total(self, losses: dict[str, Tensor], weights: Tensor) -> Tensor:
+        return _stack(losses).sum()  # the weights are 1: no product in the graph
 
 
 @register_weighting("fixed")
