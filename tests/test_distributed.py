@@ -176,6 +176,19 @@ def _steps(rank: int, folder: Path) -> dict:
 KILL_AT = 9  # the step whose ranks are killed; the checkpoint of step 8 is the last one
 
 
+def dies_after(run: mtlzoo.Trainer, number: int) -> None:
+    """Make ``run``'s process end by SIGKILL right after its train step ``number``."""
+    step = run._step
+
+    def dying_step(batches, at):
+        result = step(batches, at)
+        if at == number:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    run._step = dying_step
+
+
 def _resume(mode: str, rank: int, folder: Path) -> dict:
     torch.set_default_dtype(torch.float64)
     run = trainer("uncertainty", "joint", BATCH, "ddp", dropout=0.2)
@@ -183,15 +196,7 @@ def _resume(mode: str, rank: int, folder: Path) -> dict:
     checkpoint = folder.parent / "run.pt"
     data = joint_data(100, 1)
     if mode == "killed":
-        step = run._step
-
-        def dying_step(batches, number):
-            result = step(batches, number)
-            if number == KILL_AT:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
-
-        run._step = dying_step
+        dies_after(run, KILL_AT)
         run.fit(data, epochs=3, checkpoint=checkpoint, checkpoint_every=4)
     if mode == "resumed":
         run.load(checkpoint)

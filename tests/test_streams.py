@@ -4,8 +4,6 @@ in one process and on 2 ranks (killed and resumed), and the options a stream ref
 
 from __future__ import annotations
 
-import os
-import signal
 import warnings
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 import mtlzoo
 from mtlzoo import MtlzooError, Task
 from mtlzoo.data.streams import StreamBatches
-from tests.test_distributed import spawn
+from tests.test_distributed import dies_after, spawn
 
 FILE_ROWS = (70, 45, 58, 33)  # uneven: on 2 ranks the shares end at different steps
 BATCH = 8
@@ -234,15 +232,7 @@ def _two_ranks(rank: int, folder: Path, mode: str) -> dict:
     run = trainer()
     checkpoint = folder.parent / "run.pt"
     if mode == "killed":
-        step = run._step
-
-        def dying_step(batches, number):
-            result = step(batches, number)
-            if number == KILL_AT:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
-
-        run._step = dying_step
+        dies_after(run, KILL_AT)
         run.fit(stream(paths), epochs=2, checkpoint=checkpoint, checkpoint_every=3)
     if mode == "resumed":
         run.load(checkpoint)
