@@ -1,0 +1,248 @@
+"""How close a large MMoE / PLE train step comes to the machine's matmul rate (issue 15).
+
+One train step is: zero the gradients, forward, every task's BCE (with logits) summed and
+averaged over the batch, backward, Adam's step (``fused=True``, lr 1e-3): the optimizer is
+counted in the step's time. Its FLOPs are those ``torch.utils.flop_counter.FlopCounterMode``
+counts in one forward + backward (the optimizer's elementwise work is not counted, only its
+time). The yardstick is a ``B x d @ d x B`` fp32 matmul (4096x512 @ 512x4096 at the target's
+size), timed in the same process before and after the models; ``efficiency`` is the step's
+FLOP/s over the matmul's.
+
+:func:`measure` is one process's run; :func:`benchmark` (``benchmarks/efficiency.py``) runs
+it in ``processes`` fresh processes, takes the median per model, checks the target
+(:data:`TARGET` of the matmul rate at the target's size, on CPU), and adds a per-op
+breakdown of one step of each model (``torch.profiler``, ops by self CPU time), written to
+``out/efficiency.{md,csv}`` and ``out/efficiency_runs.csv``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import mtlzoo
+from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
+from mtlzoo.bench.speed import SpeedResult, in_fresh_process
+
+TARGET = 0.85  # of the same-run matmul FLOP/s, MMoE and PLE, median over processes
+FAMILIES = ("mmoe", "ple")
+COLUMNS = ["model", "B", "d", "width", "E", "T", "step_ms", "step_ms_min", "step_ms_max",
+           "gflop_per_step", "step_gflops", "matmul_gflops", "efficiency",
+           "efficiency_min", "efficiency_max"]
+OP_COLUMNS = ["model", "op", "calls", "self_cpu_ms", "share_of_step"]
+
+
+@dataclass(frozen=True)
+class Size:
+    """The model and batch sizes; the defaults are issue 15's target: B=4096, d=512, expert
+    width 256, E=64, T=8 binary tasks, towers (64,), PLE 2 levels with E // (2T) experts per
+    task and the rest shared."""
+
+    batch_size: int = 4096
+    in_features: int = 512
+    expert_width: int = 256
+    num_experts: int = 64
+    num_tasks: int = 8
+    tower_width: int = 64
+    num_levels: int = 2
+
+    @property
+    def is_target(self) -> bool:
+        return self == Size()
+
+
+def build(family: str, size: Size, seed: int = 0) -> nn.Module:
+    """``family`` ("mmoe" or "ple") at ``size``, its weights drawn from ``seed``."""
+    tasks = [mtlzoo.Task(f"task{t}") for t in range(size.num_tasks)]
+    own = max(1, size.num_experts // (2 * size.num_tasks))
+    options = {
+        "mmoe": {"num_experts": size.num_experts},
+        "ple": {"num_levels": size.num_levels, "num_task_experts": own,
+                "num_shared_experts": max(1, size.num_experts - size.num_tasks * own)},
+    }[family]
+    torch.manual_seed(seed)
+    return mtlzoo.create_model(family, in_features=size.in_features, tasks=tasks,
+                               expert_dims=(size.expert_width,),
+                               tower_dims=(size.tower_width,), **options)
+
+
+class TrainStep:
+    """Zero the gradients, forward, BCE of every task summed and averaged, backward, Adam."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, lr: float = 1e-3) -> None:
+        self.model, self.x, self.y = model.train(), x, y
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+    def loss(self) -> Tensor:
+        logits = torch.cat(list(self.model(self.x).logits.values()), dim=1)
+        return F.binary_cross_entropy_with_logits(logits, self.y, reduction="sum") / self.y.shape[0]
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss().backward()
+        self.optimizer.step()
+
+
+def make_step(family: str, size: Size, seed: int = 0) -> TrainStep:
+    model = build(family, size, seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(size.batch_size, size.in_features, generator=generator)
+    y = torch.randint(0, 2, (size.batch_size, size.num_tasks), generator=generator).float()
+    return TrainStep(model, x, y)
+
+
+def step_flops(step: TrainStep) -> int:
+    """FLOPs of one forward + backward (FlopCounterMode), gradients dropped afterwards."""
+    with FlopCounterMode(display=False) as counter:
+        step.loss().backward()
+    step.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def _median_seconds(function, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_flops_per_second(size: Size, repeats: int = 10) -> float:
+    """FLOP/s of a (B, d) @ (d, B) fp32 matmul, now."""
+    a = torch.randn(size.batch_size, size.in_features)
+    b = torch.randn(size.in_features, size.batch_size)
+    seconds = _median_seconds(lambda: torch.mm(a, b), repeats, warmup=2)
+    return 2 * size.batch_size**2 * size.in_features / seconds
+
+
+def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
+            threads: int = 2) -> list[dict]:
+    """One process's run: the matmul, each family's step (median of ``repeats`` after
+    ``warmup``), the matmul again; one record per family."""
+    torch.set_num_threads(threads)
+    size = Size(**(size or {}))
+    steps = {family: make_step(family, size) for family in FAMILIES}
+    flops = {family: step_flops(step) for family, step in steps.items()}
+    before = matmul_flops_per_second(size)
+    seconds = {family: _median_seconds(step, repeats, warmup) for family, step in steps.items()}
+    matmul = (before + matmul_flops_per_second(size)) / 2
+    return [{
+        "model": family, "B": size.batch_size, "d": size.in_features,
+        "width": size.expert_width, "E": size.num_experts, "T": size.num_tasks,
+        "step_ms": 1e3 * seconds[family], "gflop_per_step": flops[family] / 1e9,
+        "step_gflops": flops[family] / seconds[family] / 1e9, "matmul_gflops": matmul / 1e9,
+        "efficiency": flops[family] / seconds[family] / matmul,
+    } for family in FAMILIES]
+
+
+def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2) -> list[dict]:
+    """Per family, the ``top`` ops of one step (after two warm-up steps) by self CPU time,
+    each with its calls, self CPU ms and share of the step's total self CPU time; and a row
+    ``(other)`` for the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    size = Size(**(size or {}))
+    rows = []
+    for family in FAMILIES:
+        step = make_step(family, size)
+        step()
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        for event in events[:top]:
+            rows.append({"model": family, "op": event.key, "calls": event.count,
+                         "self_cpu_ms": event.self_cpu_time_total / 1e3,
+                         "share_of_step": event.self_cpu_time_total / total})
+        rest = sum(e.self_cpu_time_total for e in events[top:])
+        rows.append({"model": family, "op": "(other)",
+                     "calls": sum(e.count for e in events[top:]),
+                     "self_cpu_ms": rest / 1e3, "share_of_step": rest / total})
+    return rows
+
+
+def median_over_processes(runs: pd.DataFrame) -> pd.DataFrame:
+    """Median per model over processes, with the range of the step time and efficiency."""
+    keys = ["model", "B", "d", "width", "E", "T"]
+    grouped = runs.groupby(keys, sort=False)
+    table = grouped[["step_ms", "gflop_per_step", "step_gflops", "matmul_gflops",
+                     "efficiency"]].median()
+    table["step_ms_min"], table["step_ms_max"] = grouped.step_ms.min(), grouped.step_ms.max()
+    table["efficiency_min"] = grouped.efficiency.min()
+    table["efficiency_max"] = grouped.efficiency.max()
+    return table.reset_index()[COLUMNS]
+
+
+def check_target(table: pd.DataFrame, processes: int) -> list[str]:
+    """Each model's median efficiency against :data:`TARGET`, ``met`` or ``MISSED``."""
+    return [
+        f"{row.model.upper()}: {row.efficiency:.2f} of the matmul rate, median over "
+        f"{processes} processes (range {row.efficiency_min:.2f}-{row.efficiency_max:.2f}; "
+        f"target {TARGET}): {'met' if row.efficiency >= TARGET else 'MISSED'}"
+        for row in table.itertuples()
+    ]
+
+
+def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup: int = 2,
+              threads: int = 2, size: Size | None = None, top: int = 12,
+              command: str | None = None) -> SpeedResult:
+    """:func:`measure` in ``processes`` fresh processes, the median, the target checked (at
+    the target's size only), and :func:`op_breakdown` in one more fresh process; written
+    to ``out/efficiency.{md,csv}`` (and ``efficiency_runs.csv``)."""
+    size = size or Size()
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or f"mtlzoo.bench.efficiency.benchmark(processes={processes})"
+    runs = []
+    for i in range(processes):
+        print(f"process {i + 1}/{processes}", file=sys.stderr)
+        runs += in_fresh_process(measure, asdict(size), repeats, warmup, threads)
+    runs = pd.DataFrame(runs)
+    table = median_over_processes(runs)
+    ops = pd.DataFrame(in_fresh_process(op_breakdown, asdict(size), top, threads),
+                       columns=OP_COLUMNS)
+    checks = check_target(table, processes) if size.is_target else []
+    own = max(1, size.num_experts // (2 * size.num_tasks))
+    about = [
+        f"CPU fp32, {threads} threads. B={size.batch_size}, d={size.in_features}, expert "
+        f"width {size.expert_width}, E={size.num_experts}, T={size.num_tasks} binary tasks, "
+        f"towers ({size.tower_width},); PLE {size.num_levels} levels with {own} experts per "
+        f"task and {max(1, size.num_experts - size.num_tasks * own)} shared. One train step: "
+        "zero the gradients, forward, BCE of every task summed and averaged, backward, "
+        "Adam (fused) step; the optimizer is in the time. `gflop_per_step`: FlopCounterMode's "
+        "count of one forward + backward. `efficiency`: the step's FLOP/s over a "
+        f"{size.batch_size}x{size.in_features} @ {size.in_features}x{size.batch_size} fp32 "
+        "matmul's, timed in the same process before and after; each figure the median of "
+        f"{repeats} steps after {warmup} warm-up steps, then the median over {processes} fresh "
+        "processes (`_min`/`_max`: their range).",
+    ]
+    after = [f"* {line}" for line in checks]
+    after += ["", "## Where a step's time goes",
+              "", "One step of each model after two warm-up steps, in one more fresh process "
+              "(`torch.profiler`, CPU): the top ops by self CPU time, their share of the "
+              "step's total self CPU time, and the rest as `(other)`. `aten::addmm`, "
+              "`aten::mm`, `aten::bmm` and `aten::baddbmm` are the matmuls.",
+              "", markdown_table_ops(ops)]
+    markdown = markdown_report("MMoE and PLE train step: FLOP/s as a share of a matmul's (cpu)",
+                               stamp(command), about, table, digits=3, after=after)
+    return SpeedResult(table, write_result(out / "efficiency", table, markdown, runs),
+                       markdown, checks)
+
+
+def markdown_table_ops(ops: pd.DataFrame) -> str:
+    from mtlzoo.bench.report import markdown_table
+
+    return markdown_table(ops, digits=3)
