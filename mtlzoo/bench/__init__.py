@@ -31,6 +31,7 @@ Speed: ratios within one run, never timed tests
     ``peers``           our MMoE and PLE against torch-rechub's and DeepCTR-Torch's
                         (``mtlzoo bench speed --peers``, the ``[peers]`` extra)
     ``compile_speed``   trainer step eager, compiled, bf16 (``benchmarks/compile_speed.py``)
+    ``gpu_speed``       MMoE/PLE on CUDA: fp32, bf16, compiled, loop (``benchmarks/gpu_speed.py``)
     ``task_gradients``  per-task gradients, one vectorised backward against T backward
                         passes (``benchmarks/task_gradients.py``)
     ``text_batching``   real tokens/s of the text recipe's model, ``batching="shuffle"``
