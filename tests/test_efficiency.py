@@ -15,22 +15,24 @@ def test_benchmark_writes_the_table_and_the_breakdown(tmp_path):
                                   size=TINY, top=3)
     table = pd.read_csv(tmp_path / "efficiency.csv")
     assert list(table.columns) == efficiency.COLUMNS
-    assert list(table.model) == ["mmoe", "ple"]
+    assert list(table.model) == ["mmoe", "ple"] * 2
+    assert list(table.pages) == ["4k", "4k", "thp", "thp"]  # the setting reached the process
     assert (table.B == 16).all() and (table.E == 4).all()
     ratio = table.step_gflops / table.matmul_gflops
     assert ((table.efficiency - ratio).abs() <= 1e-6 * ratio).all()
     assert (table.gflop_per_step > 0).all()
     runs = pd.read_csv(tmp_path / "efficiency_runs.csv")
-    assert len(runs) == 2
+    assert len(runs) == 4
     markdown = (tmp_path / "efficiency.md").read_text()
-    assert "| model | op | calls | self_cpu_ms | share_of_step |" in markdown
-    # top 3 ops and the rest, per model
-    assert markdown.count("| mmoe | ") == 1 + 4 and markdown.count("| ple | ") == 1 + 4
+    assert "| model | pages | op | calls | self_cpu_ms | share_of_step |" in markdown
+    # per model: a row per setting, and per setting its top 3 ops and the rest
+    assert markdown.count("| mmoe | 4k | ") == 1 + 4 and markdown.count("| ple | thp | ") == 1 + 4
     assert result.checks == [] and result.met  # no target at a size other than the target's
 
 
 def test_target_check_says_met_or_missed():
-    table = pd.DataFrame({"model": ["mmoe", "ple"], "efficiency": [0.9, 0.5],
+    table = pd.DataFrame({"model": ["mmoe", "ple"], "pages": ["4k", "thp"],
+                          "efficiency": [0.9, 0.5],
                           "efficiency_min": [0.88, 0.4], "efficiency_max": [0.92, 0.6]})
     checks = efficiency.check_target(table, 3)
     assert checks[0].endswith(": met") and checks[1].endswith(": MISSED")

@@ -17,7 +17,10 @@ breakdown of one step of each model (``torch.profiler``, ops by self CPU time), 
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,14 +34,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mtlzoo
 from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
-from mtlzoo.bench.speed import SpeedResult, in_fresh_process
+from mtlzoo.bench.speed import SpeedResult
 
 TARGET = 0.85  # of the same-run matmul FLOP/s, MMoE and PLE, median over processes
 FAMILIES = ("mmoe", "ple")
-COLUMNS = ["model", "B", "d", "width", "E", "T", "step_ms", "step_ms_min", "step_ms_max",
+# How a process gets memory for large tensors: torch's default (4 KiB pages, every fresh
+# allocation faulted in page by page) or transparent huge pages, which torch's CPU allocator
+# asks for (madvise) on allocations of 2 MiB and more when THP_MEM_ALLOC_ENABLE=1 is set in
+# the environment before torch starts.
+PAGES = {"4k": {}, "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}
+COLUMNS = ["model", "pages", "B", "d", "width", "E", "T", "step_ms", "step_ms_min", "step_ms_max",
            "gflop_per_step", "step_gflops", "matmul_gflops", "efficiency",
            "efficiency_min", "efficiency_max"]
-OP_COLUMNS = ["model", "op", "calls", "self_cpu_ms", "share_of_step"]
+OP_COLUMNS = ["model", "pages", "op", "calls", "self_cpu_ms", "share_of_step"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,7 @@ def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
     seconds = {family: _median_seconds(step, repeats, warmup) for family, step in steps.items()}
     matmul = (before + matmul_flops_per_second(size)) / 2
     return [{
-        "model": family, "B": size.batch_size, "d": size.in_features,
+        "model": family, "pages": pages(), "B": size.batch_size, "d": size.in_features,
         "width": size.expert_width, "E": size.num_experts, "T": size.num_tasks,
         "step_ms": 1e3 * seconds[family], "gflop_per_step": flops[family] / 1e9,
         "step_gflops": flops[family] / seconds[family] / 1e9, "matmul_gflops": matmul / 1e9,
@@ -165,19 +173,36 @@ def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2) -> l
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events) or 1.0
         for event in events[:top]:
-            rows.append({"model": family, "op": event.key, "calls": event.count,
+            rows.append({"model": family, "pages": pages(), "op": event.key, "calls": event.count,
                          "self_cpu_ms": event.self_cpu_time_total / 1e3,
                          "share_of_step": event.self_cpu_time_total / total})
         rest = sum(e.self_cpu_time_total for e in events[top:])
-        rows.append({"model": family, "op": "(other)",
+        rows.append({"model": family, "pages": pages(), "op": "(other)",
                      "calls": sum(e.count for e in events[top:]),
                      "self_cpu_ms": rest / 1e3, "share_of_step": rest / total})
     return rows
 
 
+def pages() -> str:
+    """This process's :data:`PAGES` setting, from its environment."""
+    return "thp" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "4k"
+
+
+def in_fresh_process(function, *args: object, env: dict[str, str] | None = None) -> object:
+    """``function(*args)`` in a fresh Python process whose environment adds ``env`` (its
+    arguments and result through JSON; its stderr shown here)."""
+    code = (f"import json, sys; from {function.__module__} import {function.__name__} as f; "
+            "print(json.dumps(f(*json.loads(sys.argv[1]))))")
+    environ = {key: value for key, value in os.environ.items()
+               if key != "THP_MEM_ALLOC_ENABLE"}
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=True,
+                            stdout=subprocess.PIPE, text=True, env={**environ, **(env or {})})
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 def median_over_processes(runs: pd.DataFrame) -> pd.DataFrame:
     """Median per model over processes, with the range of the step time and efficiency."""
-    keys = ["model", "B", "d", "width", "E", "T"]
+    keys = ["model", "pages", "B", "d", "width", "E", "T"]
     grouped = runs.groupby(keys, sort=False)
     table = grouped[["step_ms", "gflop_per_step", "step_gflops", "matmul_gflops",
                      "efficiency"]].median()
@@ -190,8 +215,9 @@ def median_over_processes(runs: pd.DataFrame) -> pd.DataFrame:
 def check_target(table: pd.DataFrame, processes: int) -> list[str]:
     """Each model's median efficiency against :data:`TARGET`, ``met`` or ``MISSED``."""
     return [
-        f"{row.model.upper()}: {row.efficiency:.2f} of the matmul rate, median over "
-        f"{processes} processes (range {row.efficiency_min:.2f}-{row.efficiency_max:.2f}; "
+        f"{row.model.upper()}, {row.pages} pages: {row.efficiency:.2f} of the matmul rate, "
+        f"median over {processes} processes "
+        f"(range {row.efficiency_min:.2f}-{row.efficiency_max:.2f}; "
         f"target {TARGET}): {'met' if row.efficiency >= TARGET else 'MISSED'}"
         for row in table.itertuples()
     ]
@@ -207,13 +233,15 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
     out.mkdir(parents=True, exist_ok=True)
     command = command or f"mtlzoo.bench.efficiency.benchmark(processes={processes})"
     runs = []
-    for i in range(processes):
-        print(f"process {i + 1}/{processes}", file=sys.stderr)
-        runs += in_fresh_process(measure, asdict(size), repeats, warmup, threads)
+    for i in range(processes):  # the settings alternate, so that drift touches both alike
+        for setting, env in PAGES.items():
+            print(f"process {i + 1}/{processes}, pages {setting}", file=sys.stderr)
+            runs += in_fresh_process(measure, asdict(size), repeats, warmup, threads, env=env)
     runs = pd.DataFrame(runs)
     table = median_over_processes(runs)
-    ops = pd.DataFrame(in_fresh_process(op_breakdown, asdict(size), top, threads),
-                       columns=OP_COLUMNS)
+    ops = pd.DataFrame([row for env in PAGES.values()
+                        for row in in_fresh_process(op_breakdown, asdict(size), top, threads,
+                                                    env=env)], columns=OP_COLUMNS)
     checks = check_target(table, processes) if size.is_target else []
     own = max(1, size.num_experts // (2 * size.num_tasks))
     about = [
@@ -227,12 +255,16 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
         f"{size.batch_size}x{size.in_features} @ {size.in_features}x{size.batch_size} fp32 "
         "matmul's, timed in the same process before and after; each figure the median of "
         f"{repeats} steps after {warmup} warm-up steps, then the median over {processes} fresh "
-        "processes (`_min`/`_max`: their range).",
+        "processes (`_min`/`_max`: their range). `pages`: `4k` is torch's default, where "
+        "every fresh large tensor is faulted in 4 KiB page by page; `thp` the same code in "
+        "processes started with `THP_MEM_ALLOC_ENABLE=1`, with which torch's CPU allocator "
+        "asks for transparent huge pages for allocations of 2 MiB and more (the matmul "
+        "yardstick of those processes too); the two settings alternate process by process.",
     ]
     after = [f"* {line}" for line in checks]
     after += ["", "## Where a step's time goes",
-              "", "One step of each model after two warm-up steps, in one more fresh process "
-              "(`torch.profiler`, CPU): the top ops by self CPU time, their share of the "
+              "", "One step of each model after two warm-up steps, in one more fresh process per "
+              "setting (`torch.profiler`, CPU): the top ops by self CPU time, their share of the "
               "step's total self CPU time, and the rest as `(other)`. `aten::addmm`, "
               "`aten::mm`, `aten::bmm` and `aten::baddbmm` are the matmuls.",
               "", markdown_table_ops(ops)]
