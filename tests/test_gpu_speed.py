@@ -152,3 +152,46 @@ def test_compiled_variant_on_the_gpu():
     row = gpu_speed.time_config(Config("ple", 8, 256), "cuda", repeats=2, warmup=1,
                                 variants=("compiled",))
     assert row["note"] == "" and row["compiled_ms"] > 0 and row["compile_s"] > 0
+
+
+def test_traced_flops_equal_flop_counter_mode_and_views_cost_nothing():
+    config = Config("ple", 4, 8, **TINY)
+    model = config.build()
+    counted = gpu_speed.step_flops(model, gpu_speed._inputs(config, "cpu"),
+                                   gpu_speed._labels(model, 8, "cpu"))
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        bf16_model = config.build()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    ops = gpu_speed.traced_ops(bf16_model, 8)
+    assert sum(flops for _, flops, _ in ops) == counted > 0
+    names = {name for name, _, _ in ops}
+    assert {"mm", "bmm"} <= names and not names & {"view", "transpose", "expand", "t"}
+    assert all(nbytes > 0 for _, _, nbytes in ops)
+
+
+def test_paper_counts_of_the_smallest_configuration_are_the_docs_row():
+    row = gpu_speed.paper_counts(Config("mmoe", 8, 1024))
+    # docs/kernels.md, the GPU section's first row
+    assert round(row["gflop"], 1) == 5.3 and row["kernels"] == 112
+    assert row["loop_kernels"] == 332
+    assert round(row["largest_mm_intensity"]) == 293 and round(row["mm_intensity"]) == 86
+    assert (round(row["H100_mm_fraction"], 2), round(row["H200_mm_fraction"], 2)) == (0.29, 0.38)
+    assert (round(row["H100_fraction"], 2), round(row["H200_fraction"], 2)) == (0.11, 0.15)
+    # the roofline: the whole step is slower than its matmuls alone, more bandwidth helps
+    assert row["H100_fraction"] < row["H100_mm_fraction"] <= 1
+    assert row["H100_step_ms"] > row["H200_step_ms"]
+    text = (ROOT / "docs" / "kernels.md").read_text(encoding="utf-8")
+    assert "| mmoe | 8 | 1,024 | 5.3 | 293 | 86 | 33 | 0.29 / 0.38 | 0.11 / 0.15 |" in text
+
+
+def test_building_a_config_leaves_the_global_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = Config("mmoe", 2, 4, **TINY).build()
+    assert torch.equal(torch.rand(3), expected)
+    second = Config("mmoe", 2, 4, **TINY).build()
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters(),
+                                                   strict=True))

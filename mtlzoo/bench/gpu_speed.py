@@ -23,6 +23,10 @@ the row's ``note``; the run goes on.
 
 Only :func:`main` insists on CUDA (exit status 2 without it). Everything else takes a
 ``device``, so that the tests run the same code path on the CPU with a tiny configuration.
+
+:func:`paper_table` is the on-paper counterpart, run on a CPU: each configuration's FLOPs
+and bytes per kernel traced on fake tensors, the arithmetic intensities, and the roofline
+fraction of an H100's and an H200's bf16 peak (``docs/kernels.md``, the GPU section).
 """
 
 from __future__ import annotations
@@ -73,8 +77,13 @@ class Config:
         return ple_split(self.experts, self.tasks)
 
     def build(self) -> nn.Module:
-        """The model (seeded: the same weights every time)."""
-        torch.manual_seed(0)
+        """The model (seeded: the same weights every time; the global random state is left
+        as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return self._build()
+
+    def _build(self) -> nn.Module:
         tasks = [mtlzoo.Task(f"task{t}") for t in range(self.tasks)]
         common = {"in_features": self.in_features, "tasks": tasks,
                   "expert_dims": (self.width,), "tower_dims": (self.tower,)}
@@ -399,3 +408,97 @@ def main(argv: list[str] | None = None) -> int:
                        budget_s=args.budget_s, command=script_command(argv))
     print(result.markdown)
     return 0
+
+
+# --- on paper: FLOP and byte counts, the roofline of a step (docs/kernels.md) ---------------
+
+# published peaks: dense bf16 Tensor Core FLOP/s and HBM bytes/s (NVIDIA's datasheets)
+GPUS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
+# per parameter and step, beside the traced bf16 forward+backward: autocast's fp32 -> bf16
+# weight cast (4 + 2), the bf16 -> fp32 gradient cast (2 + 4) and fused Adam reading the
+# parameter, gradient and both moments (16) and writing the parameter and moments (12)
+ADAM_AND_CAST_BYTES = 40
+_METADATA = {"dim", "size", "stride", "sym_size", "sym_stride", "is_contiguous", "numel",
+             "sym_numel", "storage_offset", "sym_storage_offset", "device"}
+_VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "permute", "unsqueeze",
+          "squeeze", "as_strided", "detach", "alias", "slice", "select", "unbind", "split",
+          "split_with_sizes", "reshape", "_reshape_alias", "lift_fresh"}
+
+
+def traced_ops(model: nn.Module, batch_size: int) -> list[tuple[str, int, int]]:
+    """(aten op, FLOPs, bytes) of every kernel of one bf16 forward+backward of ``model``
+    (built in bf16) at ``batch_size``, traced on fake tensors: shapes only, no arithmetic, so
+    the largest configurations cost a second. Views are left out; bytes are every tensor
+    input read once and every output written once."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from torch.utils.flop_counter import flop_registry
+
+    ops: list[tuple[str, int, int]] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            name = func.__name__.split(".")[0]
+            tensors_out = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+            if name in _METADATA or name in _VIEWS or not tensors_out:
+                return out
+            tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+            nbytes = sum(t.numel() * t.element_size() for t in tensors + tensors_out)
+            count = flop_registry.get(func._overloadpacket)
+            flops = count(*args, **kwargs, out_val=out) if count else 0
+            ops.append((name, int(flops), int(nbytes)))
+            return out
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.randn(batch_size, model.in_features, dtype=torch.bfloat16)
+        labels = {task.name: torch.zeros(batch_size, 1) for task in model.tasks}
+        with Record():
+            _loss(model(x), labels).backward()
+    for param in model.parameters():
+        param.grad = None
+    return ops
+
+
+def paper_counts(config: Config) -> dict:
+    """The on-paper figures of one configuration: FLOPs of a forward+backward, arithmetic
+    intensities (FLOP/byte) of the largest matmul, of all matmuls and of the whole step
+    (with :data:`ADAM_AND_CAST_BYTES` per parameter), the kernels of ours and of the loop
+    version, and for each of :data:`GPUS` the roofline time of the step (each kernel at
+    max(FLOPs / peak, bytes / bandwidth), summed) and the fraction of the bf16 peak it
+    reaches, whole and counting the matmuls alone."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = config.build()
+    finally:
+        torch.set_default_dtype(default)
+    ops = traced_ops(model, config.batch_size)
+    loop_kernels = len(traced_ops(loop_version(model), config.batch_size))
+    parameters = sum(p.numel() for p in model.parameters())
+    matmuls = [op for op in ops if op[1]]
+    flops = sum(op[1] for op in ops)
+    step_bytes = sum(op[2] for op in ops) + ADAM_AND_CAST_BYTES * parameters
+    largest = max(matmuls, key=lambda op: op[1])
+    row = {"model": config.model, "E": config.experts, "B": config.batch_size,
+           "parameters": parameters, "gflop": flops / 1e9,
+           "largest_mm_intensity": largest[1] / largest[2],
+           "mm_intensity": flops / sum(op[2] for op in matmuls),
+           "step_intensity": flops / step_bytes,
+           "kernels": len(ops), "loop_kernels": loop_kernels}
+    for gpu, (peak, bandwidth) in GPUS.items():
+        matmul_s = sum(max(f / peak, b / bandwidth) for _, f, b in matmuls)
+        step_s = (sum(max(f / peak, b / bandwidth) for _, f, b in ops)
+                  + ADAM_AND_CAST_BYTES * parameters / bandwidth)
+        row[f"{gpu}_step_ms"] = 1e3 * step_s
+        row[f"{gpu}_fraction"] = flops / peak / step_s
+        row[f"{gpu}_mm_fraction"] = flops / peak / matmul_s
+    return row
+
+
+def paper_table(configs: Sequence[Config] | None = None) -> pd.DataFrame:
+    """:func:`paper_counts` of every configuration (default: the script's grid), the
+    figures of docs/kernels.md's GPU section."""
+    return pd.DataFrame([paper_counts(c) for c in (grid() if configs is None else configs)])
