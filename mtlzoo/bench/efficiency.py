@@ -232,6 +232,7 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
     size = size or Size()
     out.mkdir(parents=True, exist_ok=True)
     command = command or f"mtlzoo.bench.efficiency.benchmark(processes={processes})"
+    load_before = load_average()
     runs = []
     for i in range(processes):  # the settings alternate, so that drift touches both alike
         for setting, env in PAGES.items():
@@ -242,6 +243,7 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
     ops = pd.DataFrame([row for env in PAGES.values()
                         for row in in_fresh_process(op_breakdown, asdict(size), top, threads,
                                                     env=env)], columns=OP_COLUMNS)
+    load = f"{load_before} / {load_average()}"
     checks = check_target(table, processes) if size.is_target else []
     own = max(1, size.num_experts // (2 * size.num_tasks))
     about = [
@@ -259,7 +261,9 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
         "every fresh large tensor is faulted in 4 KiB page by page; `thp` the same code in "
         "processes started with `THP_MEM_ALLOC_ENABLE=1`, with which torch's CPU allocator "
         "asks for transparent huge pages for allocations of 2 MiB and more (the matmul "
-        "yardstick of those processes too); the two settings alternate process by process.",
+        "yardstick of those processes too); the two settings alternate process by process. "
+        f"Load average (1, 5, 15 min) before / after the run: {load}; on a shared machine "
+        "other jobs take cores from the step and the yardstick alike, but not evenly.",
     ]
     after = [f"* {line}" for line in checks]
     after += ["", "## Where a step's time goes",
@@ -272,6 +276,14 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
                                stamp(command), about, table, digits=3, after=after)
     return SpeedResult(table, write_result(out / "efficiency", table, markdown, runs),
                        markdown, checks)
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, where the platform has them."""
+    try:
+        return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    except (AttributeError, OSError):
+        return "unknown"
 
 
 def markdown_table_ops(ops: pd.DataFrame) -> str:
