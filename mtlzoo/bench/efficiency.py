@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mtlzoo
 from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
-from mtlzoo.bench.speed import SpeedResult
+from mtlzoo.bench.speed import SpeedResult, ple_split
 
 TARGET = 0.85  # of the same-run matmul FLOP/s, MMoE and PLE, median over processes
 FAMILIES = ("mmoe", "ple")
@@ -71,11 +71,11 @@ class Size:
 def build(family: str, size: Size, seed: int = 0) -> nn.Module:
     """``family`` ("mmoe" or "ple") at ``size``, its weights drawn from ``seed``."""
     tasks = [mtlzoo.Task(f"task{t}") for t in range(size.num_tasks)]
-    own = max(1, size.num_experts // (2 * size.num_tasks))
+    shared, own = ple_split(size.num_experts, size.num_tasks)
     options = {
         "mmoe": {"num_experts": size.num_experts},
         "ple": {"num_levels": size.num_levels, "num_task_experts": own,
-                "num_shared_experts": max(1, size.num_experts - size.num_tasks * own)},
+                "num_shared_experts": shared},
     }[family]
     torch.manual_seed(seed)
     return mtlzoo.create_model(family, in_features=size.in_features, tasks=tasks,
