@@ -14,7 +14,8 @@ Start here:
   ``mtlzoo.weighting`` the weighting methods, ``mtlzoo.losses`` and ``mtlzoo.metrics``
   what the trainer computes per task, ``mtlzoo.data`` generated data and batching,
   ``mtlzoo.tokenizer`` the word tokenizer of the text data and encoder,
-  ``mtlzoo.train`` the trainer's parts (its loop, one step, its state, checkpoints).
+  ``mtlzoo.train`` the trainer's parts (its loop, one step, its state, checkpoints),
+  ``mtlzoo.memory`` a process setting that makes large CPU batches faster.
 """
 
 from mtlzoo import models as _models  # noqa: F401  (import registers the architectures)

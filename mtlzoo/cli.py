@@ -38,6 +38,7 @@ from mtlzoo.bench.report import RESULTS
 from mtlzoo.data.batches import BATCHING
 from mtlzoo.encoders.text import POOLINGS
 from mtlzoo.errors import DataLoadError
+from mtlzoo.memory import keep_freed_memory
 from mtlzoo.train.options import PRECISIONS, STRATEGIES
 
 DATA = ("synthetic",)
@@ -131,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         help="torch's CPU threads (default torch's: one a core); 1 is often faster on a "
              "machine busy with other work, and for each rank under torchrun",
     )
+    train.add_argument(
+        "--keep-freed-memory", action="store_true",
+        help="keep freed CPU memory for reuse (glibc): large batches stop faulting in fresh "
+             "pages every step, the process keeps its peak memory (mtlzoo.memory)",
+    )
 
     demo = commands.add_parser(
         "demo", help="the synthetic quality suite at demo size (a few minutes on 2 cores)"
@@ -200,6 +206,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory and not keep_freed_memory():
+        print("--keep-freed-memory: the C library is not glibc; nothing changed",
+              file=sys.stderr)
     if args.recipe:
         return _recipe(args, command)
     if not args.model:

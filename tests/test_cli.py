@@ -134,6 +134,18 @@ def test_train_takes_the_number_of_threads(monkeypatch, capsys):
     assert "--threads: must be a positive integer, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("applies", [True, False])
+def test_train_keeps_freed_memory_when_asked(monkeypatch, capsys, applies):
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or applies)
+    argv = ["train", "--model", "mmoe", "--rows", "200", "--epochs", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    assert calls == []
+    assert cli.main([*argv, "--keep-freed-memory"]) == 0
+    assert calls == [1]
+    assert ("not glibc; nothing changed" in capsys.readouterr().err) is not applies
+
+
 def test_train_passes_strategy_precision_and_compile_to_the_trainer(monkeypatch, capsys):
     made = []
 

@@ -16,7 +16,7 @@ def test_benchmark_writes_the_table_and_the_breakdown(tmp_path):
     table = pd.read_csv(tmp_path / "efficiency.csv")
     assert list(table.columns) == efficiency.COLUMNS
     assert list(table.model) == ["mmoe", "ple"] * 2
-    assert list(table.pages) == ["4k", "4k", "thp", "thp"]  # the setting reached the process
+    assert list(table.memory) == ["default", "default", "kept", "kept"]
     assert (table.B == 16).all() and (table.E == 4).all()
     ratio = table.step_gflops / table.matmul_gflops
     assert ((table.efficiency - ratio).abs() <= 1e-6 * ratio).all()
@@ -24,14 +24,15 @@ def test_benchmark_writes_the_table_and_the_breakdown(tmp_path):
     runs = pd.read_csv(tmp_path / "efficiency_runs.csv")
     assert len(runs) == 4
     markdown = (tmp_path / "efficiency.md").read_text()
-    assert "| model | pages | op | calls | self_cpu_ms | share_of_step |" in markdown
+    assert "| model | memory | op | calls | self_cpu_ms | share_of_step |" in markdown
     # per model: a row per setting, and per setting its top 3 ops and the rest
-    assert markdown.count("| mmoe | 4k | ") == 1 + 4 and markdown.count("| ple | thp | ") == 1 + 4
+    assert markdown.count("| mmoe | default | ") == 1 + 4
+    assert markdown.count("| ple | kept | ") == 1 + 4
     assert result.checks == [] and result.met  # no target at a size other than the target's
 
 
 def test_target_check_says_met_or_missed():
-    table = pd.DataFrame({"model": ["mmoe", "ple"], "pages": ["4k", "thp"],
+    table = pd.DataFrame({"model": ["mmoe", "ple"], "memory": ["default", "kept"],
                           "efficiency": [0.9, 0.5],
                           "efficiency_min": [0.88, 0.4], "efficiency_max": [0.92, 0.6]})
     checks = efficiency.check_target(table, 3)
@@ -44,3 +45,10 @@ def test_flops_count_the_matmuls_of_forward_and_backward():
     experts = 2 * 16 * (12 + 1) * (4 * 8)
     assert efficiency.step_flops(step) >= 3 * experts
     assert all(p.grad is None for p in step.model.parameters())
+
+
+def test_an_unknown_memory_setting_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="'huge'"):
+        efficiency.measure(memory="huge")

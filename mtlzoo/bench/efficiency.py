@@ -35,18 +35,18 @@ from torch.utils.flop_counter import FlopCounterMode
 import mtlzoo
 from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
 from mtlzoo.bench.speed import SpeedResult, ple_split
+from mtlzoo.memory import keep_freed_memory
 
 TARGET = 0.85  # of the same-run matmul FLOP/s, MMoE and PLE, median over processes
 FAMILIES = ("mmoe", "ple")
-# How a process gets memory for large tensors: torch's default (4 KiB pages, every fresh
-# allocation faulted in page by page) or transparent huge pages, which torch's CPU allocator
-# asks for (madvise) on allocations of 2 MiB and more when THP_MEM_ALLOC_ENABLE=1 is set in
-# the environment before torch starts.
-PAGES = {"4k": {}, "thp": {"THP_MEM_ALLOC_ENABLE": "1"}}
-COLUMNS = ["model", "pages", "B", "d", "width", "E", "T", "step_ms", "step_ms_min", "step_ms_max",
+# How a process gets memory for large tensors: glibc's default (a fresh mmap for each large
+# tensor, faulted in page by page every step) or ``mtlzoo.memory.keep_freed_memory()``
+# (freed memory kept in the heap and reused). Each process is started fresh in one of them.
+MEMORY = ("default", "kept")
+COLUMNS = ["model", "memory", "B", "d", "width", "E", "T", "step_ms", "step_ms_min", "step_ms_max",
            "gflop_per_step", "step_gflops", "matmul_gflops", "efficiency",
            "efficiency_min", "efficiency_max"]
-OP_COLUMNS = ["model", "pages", "op", "calls", "self_cpu_ms", "share_of_step"]
+OP_COLUMNS = ["model", "memory", "op", "calls", "self_cpu_ms", "share_of_step"]
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,20 @@ def matmul_flops_per_second(size: Size, repeats: int = 10) -> float:
     return 2 * size.batch_size**2 * size.in_features / seconds
 
 
-def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
-            threads: int = 2) -> list[dict]:
-    """One process's run: the matmul, each family's step (median of ``repeats`` after
-    ``warmup``), the matmul again; one record per family."""
+def _set_up(threads: int, memory: str) -> None:
+    if memory not in MEMORY:
+        raise ValueError(f"memory must be one of {MEMORY}, got {memory!r}")
     torch.set_num_threads(threads)
+    if memory == "kept" and not keep_freed_memory():
+        raise RuntimeError("memory='kept' needs glibc (mtlzoo.memory.keep_freed_memory)")
+
+
+def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
+            threads: int = 2, memory: str = "default") -> list[dict]:
+    """One process's run: the matmul, each family's step (median of ``repeats`` after
+    ``warmup``), the matmul again; one record per family. ``memory``: one of
+    :data:`MEMORY`, set first (for the rest of the process)."""
+    _set_up(threads, memory)
     size = Size(**(size or {}))
     steps = {family: make_step(family, size) for family in FAMILIES}
     flops = {family: step_flops(step) for family, step in steps.items()}
@@ -147,7 +156,7 @@ def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
     seconds = {family: _median_seconds(step, repeats, warmup) for family, step in steps.items()}
     matmul = (before + matmul_flops_per_second(size)) / 2
     return [{
-        "model": family, "pages": pages(), "B": size.batch_size, "d": size.in_features,
+        "model": family, "memory": memory, "B": size.batch_size, "d": size.in_features,
         "width": size.expert_width, "E": size.num_experts, "T": size.num_tasks,
         "step_ms": 1e3 * seconds[family], "gflop_per_step": flops[family] / 1e9,
         "step_gflops": flops[family] / seconds[family] / 1e9, "matmul_gflops": matmul / 1e9,
@@ -155,13 +164,14 @@ def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
     } for family in FAMILIES]
 
 
-def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2) -> list[dict]:
+def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2,
+                 memory: str = "default") -> list[dict]:
     """Per family, the ``top`` ops of one step (after two warm-up steps) by self CPU time,
     each with its calls, self CPU ms and share of the step's total self CPU time; and a row
     ``(other)`` for the rest."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.set_num_threads(threads)
+    _set_up(threads, memory)
     size = Size(**(size or {}))
     rows = []
     for family in FAMILIES:
@@ -173,36 +183,29 @@ def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2) -> l
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events) or 1.0
         for event in events[:top]:
-            rows.append({"model": family, "pages": pages(), "op": event.key, "calls": event.count,
+            rows.append({"model": family, "memory": memory, "op": event.key, "calls": event.count,
                          "self_cpu_ms": event.self_cpu_time_total / 1e3,
                          "share_of_step": event.self_cpu_time_total / total})
         rest = sum(e.self_cpu_time_total for e in events[top:])
-        rows.append({"model": family, "pages": pages(), "op": "(other)",
+        rows.append({"model": family, "memory": memory, "op": "(other)",
                      "calls": sum(e.count for e in events[top:]),
                      "self_cpu_ms": rest / 1e3, "share_of_step": rest / total})
     return rows
 
 
-def pages() -> str:
-    """This process's :data:`PAGES` setting, from its environment."""
-    return "thp" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "4k"
-
-
-def in_fresh_process(function, *args: object, env: dict[str, str] | None = None) -> object:
-    """``function(*args)`` in a fresh Python process whose environment adds ``env`` (its
-    arguments and result through JSON; its stderr shown here)."""
+def in_fresh_process(function, *args: object) -> object:
+    """``function(*args)`` in a fresh Python process (its arguments and result through
+    JSON; its stderr shown here)."""
     code = (f"import json, sys; from {function.__module__} import {function.__name__} as f; "
             "print(json.dumps(f(*json.loads(sys.argv[1]))))")
-    environ = {key: value for key, value in os.environ.items()
-               if key != "THP_MEM_ALLOC_ENABLE"}
     result = subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=True,
-                            stdout=subprocess.PIPE, text=True, env={**environ, **(env or {})})
+                            stdout=subprocess.PIPE, text=True)
     return json.loads(result.stdout.splitlines()[-1])
 
 
 def median_over_processes(runs: pd.DataFrame) -> pd.DataFrame:
     """Median per model over processes, with the range of the step time and efficiency."""
-    keys = ["model", "pages", "B", "d", "width", "E", "T"]
+    keys = ["model", "memory", "B", "d", "width", "E", "T"]
     grouped = runs.groupby(keys, sort=False)
     table = grouped[["step_ms", "gflop_per_step", "step_gflops", "matmul_gflops",
                      "efficiency"]].median()
@@ -215,7 +218,7 @@ def median_over_processes(runs: pd.DataFrame) -> pd.DataFrame:
 def check_target(table: pd.DataFrame, processes: int) -> list[str]:
     """Each model's median efficiency against :data:`TARGET`, ``met`` or ``MISSED``."""
     return [
-        f"{row.model.upper()}, {row.pages} pages: {row.efficiency:.2f} of the matmul rate, "
+        f"{row.model.upper()}, {row.memory} memory: {row.efficiency:.2f} of the matmul rate, "
         f"median over {processes} processes "
         f"(range {row.efficiency_min:.2f}-{row.efficiency_max:.2f}; "
         f"target {TARGET}): {'met' if row.efficiency >= TARGET else 'MISSED'}"
@@ -235,14 +238,14 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
     load_before = load_average()
     runs = []
     for i in range(processes):  # the settings alternate, so that drift touches both alike
-        for setting, env in PAGES.items():
-            print(f"process {i + 1}/{processes}, pages {setting}", file=sys.stderr)
-            runs += in_fresh_process(measure, asdict(size), repeats, warmup, threads, env=env)
+        for memory in MEMORY:
+            print(f"process {i + 1}/{processes}, memory {memory}", file=sys.stderr)
+            runs += in_fresh_process(measure, asdict(size), repeats, warmup, threads, memory)
     runs = pd.DataFrame(runs)
     table = median_over_processes(runs)
-    ops = pd.DataFrame([row for env in PAGES.values()
+    ops = pd.DataFrame([row for memory in MEMORY
                         for row in in_fresh_process(op_breakdown, asdict(size), top, threads,
-                                                    env=env)], columns=OP_COLUMNS)
+                                                    memory)], columns=OP_COLUMNS)
     load = f"{load_before} / {load_average()}"
     checks = check_target(table, processes) if size.is_target else []
     own = max(1, size.num_experts // (2 * size.num_tasks))
@@ -257,11 +260,12 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
         f"{size.batch_size}x{size.in_features} @ {size.in_features}x{size.batch_size} fp32 "
         "matmul's, timed in the same process before and after; each figure the median of "
         f"{repeats} steps after {warmup} warm-up steps, then the median over {processes} fresh "
-        "processes (`_min`/`_max`: their range). `pages`: `4k` is torch's default, where "
-        "every fresh large tensor is faulted in 4 KiB page by page; `thp` the same code in "
-        "processes started with `THP_MEM_ALLOC_ENABLE=1`, with which torch's CPU allocator "
-        "asks for transparent huge pages for allocations of 2 MiB and more (the matmul "
-        "yardstick of those processes too); the two settings alternate process by process. "
+        "processes (`_min`/`_max`: their range). `memory`: `default` is glibc's malloc as "
+        "torch uses it, where every fresh large tensor is a new mapping faulted in 4 KiB page "
+        "by page; `kept` the same code in processes that first call "
+        "`mtlzoo.memory.keep_freed_memory()`, so a step reuses the heap pages the one before "
+        "freed (the matmul yardstick of those processes too); the two settings alternate "
+        "process by process. "
         f"Load average (1, 5, 15 min) before / after the run: {load}; on a shared machine "
         "other jobs take cores from the step and the yardstick alike, but not evenly.",
     ]
