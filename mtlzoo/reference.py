@@ -83,15 +83,24 @@ class LoopGates(nn.Module):
     def forward(
         self, x: Tensor, experts: Tensor, index: Sequence[int] | None = None
     ) -> tuple[Tensor, Tensor]:
+        weights = self.weights(x, index)
+        return self.mix(weights, experts), weights
+
+    @staticmethod
+    def mix(weights: Tensor, experts: Tensor) -> Tensor:
+        """Each gate's mixture with its own bmm."""
+        mixed = [torch.bmm(weights[:, g].unsqueeze(1), experts)[:, 0]
+                 for g in range(weights.shape[1])]
+        return torch.stack(mixed, dim=1)
+
+    def weights(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
         groups = range(len(self.linears)) if index is None else index
-        mixed, weights = [], []
+        weights = []
         for g, x_g in zip(groups, _group_inputs(x, groups), strict=True):
             probs = torch.softmax(self.linears[g](x_g), dim=-1)
             weight = probs.new_zeros(len(probs), self.num_experts)
-            weight = weight.index_copy(1, self.expert_index[g], probs)
-            mixed.append(torch.bmm(weight.unsqueeze(1), experts)[:, 0])
-            weights.append(weight)
-        return torch.stack(mixed, dim=1), torch.stack(weights, dim=1)
+            weights.append(weight.index_copy(1, self.expert_index[g], probs))
+        return torch.stack(weights, dim=1)
 
 
 class LoopCrossStitch(nn.Module):

@@ -32,6 +32,7 @@ from mtlzoo.layers import (
     StackedMLP,
     TaskHeads,
     mix_experts,
+    run_jointly,
 )
 from mtlzoo.layers.axes import einsum_specs
 
@@ -139,6 +140,21 @@ def case_stacked_mlp(ein: Einsum) -> None:
         close(mlp(xg, index), expected)
 
 
+def case_run_jointly(ein: Einsum) -> None:
+    g = SIZES["g"]
+    for activation in ("tanh", nn.PReLU):  # joined; a learnable one runs each on its own
+        mlps = [StackedMLP(groups, SIZES["d"], (SIZES["h"], 12), activation=activation)
+                for groups in (4, g - 4)]
+        act = [mlp.activation for mlp in mlps]
+        w1, b1, w2, b2 = (torch.cat([getattr(mlp.layers[i], name) for mlp in mlps])
+                          for i in (0, 1) for name in ("weight", "bias"))
+        x = randn("b", "d")
+        hidden = ein("b d, g d h -> b g h", x, w1) + b1
+        hidden = torch.cat([act[0](hidden[:, :4]), act[1](hidden[:, 4:])], dim=1)
+        out = ein("b g d, g d h -> b g h", hidden, w2) + b2
+        close(run_jointly(mlps, x), torch.cat([act[0](out[:, :4]), act[1](out[:, 4:])], dim=1))
+
+
 def case_softmax_gates(ein: Einsum) -> None:
     g, e, a = SIZES["g"], SIZES["e"], SIZES["a"]
     allowed = torch.rand(g, e).argsort(dim=1)[:, :a]
@@ -213,6 +229,7 @@ def case_task_heads(ein: Einsum) -> None:
 CASES: dict[object, tuple[Callable[[Einsum], None], tuple[str, ...]]] = {
     StackedLinear: (case_stacked_linear, ()),
     StackedMLP: (case_stacked_mlp, ()),
+    run_jointly: (case_run_jointly, ()),
     SoftmaxGates: (case_softmax_gates, ()),
     mix_experts: (case_mix_experts, ()),
     CrossStitchUnit: (case_cross_stitch, ("s", "t")),  # alpha is (T, T): s and t are both T

@@ -5,7 +5,7 @@ averaged over the batch, backward, Adam's step (``fused=True``, lr 1e-3): the op
 counted in the step's time. Its FLOPs are those ``torch.utils.flop_counter.FlopCounterMode``
 counts in one forward + backward (the optimizer's elementwise work is not counted, only its
 time). The yardstick is a ``B x d @ d x B`` fp32 matmul (4096x512 @ 512x4096 at the target's
-size), timed in the same process before and after the models; ``efficiency`` is the step's
+size), timed in the same process three times after every step; ``efficiency`` is the step's
 FLOP/s over the matmul's.
 
 :func:`measure` is one process's run; :func:`benchmark` (``benchmarks/efficiency.py``) runs
@@ -116,25 +116,6 @@ def step_flops(step: TrainStep) -> int:
     return counter.get_total_flops()
 
 
-def _median_seconds(function, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_flops_per_second(size: Size, repeats: int = 10) -> float:
-    """FLOP/s of a (B, d) @ (d, B) fp32 matmul, now."""
-    a = torch.randn(size.batch_size, size.in_features)
-    b = torch.randn(size.in_features, size.batch_size)
-    seconds = _median_seconds(lambda: torch.mm(a, b), repeats, warmup=2)
-    return 2 * size.batch_size**2 * size.in_features / seconds
-
-
 def _set_up(threads: int, memory: str) -> None:
     if memory not in MEMORY:
         raise ValueError(f"memory must be one of {MEMORY}, got {memory!r}")
@@ -143,18 +124,39 @@ def _set_up(threads: int, memory: str) -> None:
         raise RuntimeError("memory='kept' needs glibc (mtlzoo.memory.keep_freed_memory)")
 
 
+def _seconds(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
 def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
-            threads: int = 2, memory: str = "default") -> list[dict]:
-    """One process's run: the matmul, each family's step (median of ``repeats`` after
-    ``warmup``), the matmul again; one record per family. ``memory``: one of
-    :data:`MEMORY`, set first (for the rest of the process)."""
+            threads: int = 2, memory: str = "default", matmuls: int = 3) -> list[dict]:
+    """One process's run, one record per family: ``warmup`` steps of each, then ``repeats``
+    rounds of one step of each family, each step followed by ``matmuls`` timed (B, d) @
+    (d, B) matmuls. A family's step time is the median of its steps, the matmul's rate the
+    median over every matmul of the run: the yardstick is sampled all along the steps, so
+    the drift of a shared machine touches both alike. ``memory``: one of :data:`MEMORY`,
+    set first (for the rest of the process)."""
     _set_up(threads, memory)
     size = Size(**(size or {}))
     steps = {family: make_step(family, size) for family in FAMILIES}
     flops = {family: step_flops(step) for family, step in steps.items()}
-    before = matmul_flops_per_second(size)
-    seconds = {family: _median_seconds(step, repeats, warmup) for family, step in steps.items()}
-    matmul = (before + matmul_flops_per_second(size)) / 2
+    a = torch.randn(size.batch_size, size.in_features)
+    b = torch.randn(size.in_features, size.batch_size)
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    for _ in range(2):
+        torch.mm(a, b)
+    times: dict[str, list[float]] = {family: [] for family in FAMILIES}
+    matmul_times = []
+    for _ in range(repeats):
+        for family, step in steps.items():
+            times[family].append(_seconds(step))
+            matmul_times += [_seconds(lambda: torch.mm(a, b)) for _ in range(matmuls)]
+    matmul = 2 * size.batch_size**2 * size.in_features / statistics.median(matmul_times)
+    seconds = {family: statistics.median(times[family]) for family in FAMILIES}
     return [{
         "model": family, "memory": memory, "B": size.batch_size, "d": size.in_features,
         "width": size.expert_width, "E": size.num_experts, "T": size.num_tasks,
@@ -258,7 +260,8 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
         "Adam (fused) step; the optimizer is in the time. `gflop_per_step`: FlopCounterMode's "
         "count of one forward + backward. `efficiency`: the step's FLOP/s over a "
         f"{size.batch_size}x{size.in_features} @ {size.in_features}x{size.batch_size} fp32 "
-        "matmul's, timed in the same process before and after; each figure the median of "
+        "matmul's, timed three times after every step in the same process (its rate the median "
+        "of all of them); a step time is the median of "
         f"{repeats} steps after {warmup} warm-up steps, then the median over {processes} fresh "
         "processes (`_min`/`_max`: their range). `memory`: `default` is glibc's malloc as "
         "torch uses it, where every fresh large tensor is a new mapping faulted in 4 KiB page "

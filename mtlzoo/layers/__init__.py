@@ -5,7 +5,7 @@ from mtlzoo.layers.axes import AXES, Spec, einsum_specs
 from mtlzoo.layers.cross_stitch import CrossStitchUnit
 from mtlzoo.layers.gates import SoftmaxGates, mix_experts
 from mtlzoo.layers.heads import TaskHeads
-from mtlzoo.layers.stacked import StackedLinear, StackedMLP
+from mtlzoo.layers.stacked import StackedLinear, StackedMLP, run_jointly
 
 __all__ = [
     "ACTIVATIONS",
@@ -19,4 +19,5 @@ __all__ = [
     "einsum_specs",
     "make_activation",
     "mix_experts",
+    "run_jointly",
 ]

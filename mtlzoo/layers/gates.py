@@ -75,12 +75,23 @@ class SoftmaxGates(nn.Module):
                 f"experts must have shape (batch, {self.num_experts}, width), "
                 f"got {tuple(experts.shape)}"
             )
+        weights = self.weights(x, index)
+        return self.mix(weights, experts), weights
+
+    @staticmethod
+    def mix(weights: Tensor, experts: Tensor) -> Tensor:
+        """``mix_experts``: any gates' weights (b, g, e), these or another module's, mixed in
+        one call (PLE's task gates and shared gate: one expert gradient, not two summed)."""
+        return mix_experts(weights, experts)
+
+    def weights(self, x: Tensor, index: GroupIndex = None) -> Tensor:
+        """The gates' weights alone, (b, g, e)."""
         weights = torch.softmax(self.logits(x, index), dim=-1)
         if self.restricted:
             expert_index = self.expert_index if index is None else self.expert_index[index]
             full = weights.new_zeros(*weights.shape[:2], self.num_experts)
             weights = full.scatter(-1, expert_index.expand(weights.shape[0], -1, -1), weights)
-        return mix_experts(weights, experts), weights
+        return weights
 
 
 def _mask_to_index(mask: Tensor, num_gates: int, num_experts: int) -> Tensor:

@@ -12,6 +12,7 @@ from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
@@ -70,30 +71,40 @@ class StackedLinear(nn.Module):
         if index is not None:
             weight = weight[index]
             bias = None if bias is None else bias[index]
-        groups = len(weight)
-        if x.dim() == 2 and x.shape[1] == self.in_features:
-            # 'b d, g d o -> b g o' as one (b, d) @ (d, g*o) matmul. A bias rides along as the
-            # weight's last row, read by a column of ones: no pass adds it or sums its gradient.
-            flat_weight = weight.permute(1, 0, 2).reshape(self.in_features, -1)
-            if bias is not None:
-                flat_weight = torch.cat([flat_weight, bias.reshape(1, -1)])
-                x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-            return activation(x.mm(flat_weight)).view(x.shape[0], groups, self.out_features)
-        if x.dim() == 3 and x.shape[1:] == (groups, self.in_features):
-            # 'b g d, g d o -> b g o' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
-            by_group = x.transpose(0, 1)
-            if bias is None:
-                out = torch.bmm(by_group, weight)
-            else:
-                out = torch.baddbmm(bias.unsqueeze(1), by_group, weight)
-            return activation(out).transpose(0, 1)
-        raise MtlzooError(
-            f"StackedLinear expects input (batch, {self.in_features}) or "
-            f"(batch, {groups}, {self.in_features}), got {tuple(x.shape)}"
-        )
+        return _stacked_linear(x, weight, bias, activation)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, in_features={self.in_features}, out={self.out_features}"
+
+
+def _stacked_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    activation: Callable[[Tensor], Tensor] = _identity,
+) -> Tensor:
+    """``StackedLinear``'s computation on a weight (g, d, o) and bias (g, o) or None."""
+    groups, in_features, out_features = weight.shape
+    if x.dim() == 2 and x.shape[1] == in_features:
+        # 'b d, g d o -> b g o' as one (b, d) @ (d, g*o) matmul. A bias rides along as the
+        # weight's last row, read by a column of ones: no pass adds it or sums its gradient.
+        flat_weight = weight.permute(1, 0, 2).reshape(in_features, -1)
+        if bias is not None:
+            flat_weight = torch.cat([flat_weight, bias.reshape(1, -1)])
+            x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+        return activation(x.mm(flat_weight)).view(x.shape[0], groups, out_features)
+    if x.dim() == 3 and x.shape[1:] == (groups, in_features):
+        # 'b g d, g d o -> b g o' as a bmm over g; the result is a (b, g, o) view of (g, b, o)
+        by_group = x.transpose(0, 1)
+        if bias is None:
+            out = torch.bmm(by_group, weight)
+        else:
+            out = torch.baddbmm(bias.unsqueeze(1), by_group, weight)
+        return activation(out).transpose(0, 1)
+    raise MtlzooError(
+        f"StackedLinear expects input (batch, {in_features}) or "
+        f"(batch, {groups}, {in_features}), got {tuple(x.shape)}"
+    )
 
 
 @einsum_specs(
@@ -136,3 +147,44 @@ class StackedMLP(nn.Module):
         for layer in self.layers:
             x = self.dropout(layer(x, index, self.activation))
         return x
+
+
+@einsum_specs(
+    Spec("b d, g d h -> b g h",
+         "first layer, x (b, d) read by the groups of every MLP (g: all of them)",
+         "one mm on the weights concatenated over g"),
+    Spec("b g d, g d h -> b g h", "every later layer",
+         "one baddbmm on the weights concatenated over g"),
+)
+def run_jointly(mlps: Sequence[StackedMLP], x: Tensor) -> Tensor:
+    """Several StackedMLPs reading the same x (b, d), as if they were one: (b, g, o), their
+    groups in order (g = g_1 + g_2 + ...).
+
+    When they have the same widths, dropout and a parameter-free activation of one kind, each
+    layer's weights are concatenated over g and computed in one matmul,
+    ``"b d, g d h -> b g h"`` then ``"b g d, g d h -> b g h"`` (PLE's first level: its task
+    and shared experts read x; one ``mm``, no ``cat`` of their outputs). Otherwise each runs
+    on its own and their outputs are concatenated (so too under FSDP2, whose units hold
+    their parameters sharded until their own forward runs).
+    """
+    first = mlps[0]
+    alike = all(
+        isinstance(mlp, StackedMLP)
+        and [layer.weight.shape[1:] for layer in mlp.layers]
+        == [layer.weight.shape[1:] for layer in first.layers]
+        and [layer.bias is None for layer in mlp.layers]
+        == [layer.bias is None for layer in first.layers]
+        and repr((mlp.activation, mlp.dropout)) == repr((first.activation, first.dropout))
+        and not any(True for _ in mlp.activation.parameters())
+        # FSDP2 holds a unit's parameters sharded until the unit's own forward runs
+        and not any(isinstance(p, DTensor) for p in mlp.parameters())
+        for mlp in mlps
+    )
+    if not alike or len(first.layers) == 0:
+        return torch.cat([mlp(x) for mlp in mlps], dim=1)
+    for depth, layer in enumerate(first.layers):
+        layers = [mlp.layers[depth] for mlp in mlps]
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = None if layer.bias is None else torch.cat([layer.bias for layer in layers])
+        x = first.dropout(_stacked_linear(x, weight, bias, first.activation))
+    return x

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from mtlzoo import _checks
 from mtlzoo._registry import register_model
 from mtlzoo.errors import MtlzooError
-from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads
+from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads, run_jointly
 from mtlzoo.layers.activations import Activation
 from mtlzoo.models.base import MultiTaskModel
 from mtlzoo.tasks import Task
@@ -66,25 +66,30 @@ class ExtractionNetwork(nn.Module):
     def forward(
         self, task_in: Tensor | None, shared_in: Tensor, task_ids: Sequence[int] | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        outputs = []
-        if self.task_experts is not None:
-            own_input = (
-                shared_in if task_in is None
-                else task_in.repeat_interleave(self.num_task_experts, dim=1)
-            )
-            outputs.append(self.task_experts(own_input))
-        if self.shared_experts is not None:
-            outputs.append(self.shared_experts(shared_in))
-        experts = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        if task_in is None:  # the first level: every expert reads x, one matmul a layer
+            experts = run_jointly([m for m in (self.task_experts, self.shared_experts) if m],
+                                  shared_in)
+        else:
+            outputs = []
+            if self.task_experts is not None:
+                outputs.append(self.task_experts(
+                    task_in.repeat_interleave(self.num_task_experts, dim=1)))
+            if self.shared_experts is not None:
+                outputs.append(self.shared_experts(shared_in))
+            experts = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
         gate_in = shared_in
         if task_in is not None:
             gate_in = task_in if task_ids is None else task_in[:, task_ids]
-        task_out, task_weights = self.task_gates(gate_in, experts, task_ids)
         if self.shared_gate is None:
-            return task_out, None, task_weights
-        shared_out, shared_weights = self.shared_gate(shared_in, experts)
-        return task_out, shared_out[:, 0], torch.cat([task_weights, shared_weights], dim=1)
+            task_out, weights = self.task_gates(gate_in, experts, task_ids)
+            return task_out, None, weights
+        # the task gates and the shared gate mix the experts in one mixture: the experts'
+        # gradient comes out of one bmm, not two to be summed
+        weights = torch.cat([self.task_gates.weights(gate_in, task_ids),
+                             self.shared_gate.weights(shared_in)], dim=1)
+        mixed = self.task_gates.mix(weights, experts)
+        return mixed[:, :-1], mixed[:, -1], weights
 
 
 @register_model("ple")
