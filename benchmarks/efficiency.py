@@ -7,8 +7,8 @@ Issue 15's CPU target: fp32, 2 threads, B=4096, d=512, expert width 256, E=64, T
 tasks, towers (64,), PLE 2 levels with E // (2T) experts per task; one train step (forward,
 backward, fused Adam) of MMoE and of PLE each at least 0.85 of the FLOP/s of a 4096x512 @
 512x4096 fp32 matmul timed after every step in the same process (FLOPs: FlopCounterMode of
-one forward + backward), the median over ``--processes`` fresh processes. Exits 1 when a model misses it.
-The report adds a per-op breakdown (torch.profiler, self CPU time) of one step of each.
+one forward + backward), the median over ``--processes`` fresh processes. Exits 1 when a
+model misses it. The report adds a per-op breakdown (torch.profiler, self CPU time) of one step of each.
 The code: ``mtlzoo.bench.efficiency``.
 """
 
