@@ -8,8 +8,8 @@ tasks, towers (64,), PLE 2 levels with E // (2T) experts per task; one train ste
 backward, fused Adam) of MMoE and of PLE each at least 0.85 of the FLOP/s of a 4096x512 @
 512x4096 fp32 matmul timed after every step in the same process (FLOPs: FlopCounterMode of
 one forward + backward), the median over ``--processes`` fresh processes. Exits 1 when a
-model misses it. The report adds a per-op breakdown (torch.profiler, self CPU time) of one step of each.
-The code: ``mtlzoo.bench.efficiency``.
+model misses it. The report adds a per-op breakdown (torch.profiler, self CPU time) of one
+step of each. The code: ``mtlzoo.bench.efficiency``.
 """
 
 from __future__ import annotations
