@@ -18,8 +18,9 @@ the same split of experts. What a peer does differently is its own design and st
 * Both peers end in a sigmoid; their BCE reads probabilities, ours reads logits.
 
 :class:`TrainStep` trains any of them the same way: the batch in the model's own input
-format, Adam (lr 1e-3), the BCE of every task summed, averaged over the batch, backward,
-the optimizer's step. :func:`compare` times the steps interleaved in one process;
+format, Adam (lr 1e-3; fused for ours, as ``mtlzoo.Trainer`` builds it, torch's default for
+the peers, as their trainers build it), the BCE of every task summed, averaged over the
+batch, backward, the optimizer's step. :func:`compare` times the steps interleaved in one process;
 :func:`benchmark` runs it over the grid and writes the results (:func:`report`).
 """
 
@@ -222,7 +223,9 @@ class TrainStep:
     concatenated features (here the one dense feature), torch-rechub a dict of feature
     tensors. ``y`` (b, T) holds 0/1 labels. Calling the step zeroes the gradients, runs
     forward and the loss (every task's BCE summed, averaged over the batch), backward and
-    Adam's step. ``loss`` holds the last loss."""
+    Adam's step, Adam as each library's trainer builds it: ours fused (``mtlzoo.Trainer``:
+    one kernel for every parameter), the peers' torch's default (their trainers'
+    ``torch.optim.Adam``, on CPU a loop over the parameters). ``loss`` holds the last loss."""
 
     def __init__(self, implementation: str, model: nn.Module, x: Tensor, y: Tensor,
                  lr: float = 1e-3) -> None:
@@ -234,7 +237,8 @@ class TrainStep:
         self.model = model.train()
         self.inputs = {"x": x} if implementation == "torch-rechub" else x
         self.targets = y.float()
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr,
+                                          fused=implementation == "ours" or None)
         self.loss: Tensor | None = None
 
     def predict(self) -> Tensor:
@@ -372,7 +376,8 @@ def report(table: pd.DataFrame, command: str, versions: dict[str, str],
     about = [
         f"Peers: {peers}. Load average before and after the run: {load[0]} / {load[1]}.",
         "One train step: zero the gradients, forward, BCE of every task summed and averaged "
-        "over the batch, backward, Adam's step (lr 1e-3); the same for every side, each on "
+        "over the batch, backward, Adam's step (lr 1e-3; ours fused, as mtlzoo's Trainer "
+        "builds it, the peers' torch's default, as their trainers build it), each on "
         "the batch in its own input format (a dict of feature tensors for torch-rechub). "
         f"Median of {repeats} rounds after 3 warm-up rounds, the three sides timed in turn "
         "in one process (each round starting with the next side), the same threads for all. "

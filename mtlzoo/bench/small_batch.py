@@ -6,7 +6,8 @@ The models, the batch and the train step are :mod:`mtlzoo.bench.peers`' (its
 of width 64, towers (32,), binary tasks, PLE 2 levels). One train step, the same for
 every side (:class:`mtlzoo.bench.peers.TrainStep`): zero the gradients, forward, every
 task's BCE summed and averaged over the batch, backward, and ``torch.optim.Adam``'s step
-(lr 1e-3, torch's default implementation): the optimizer is counted in the step's time.
+(lr 1e-3) as each library's trainer builds it: fused for ours (``mtlzoo.Trainer``), torch's
+default for the peers (their trainers): the optimizer is counted in the step's time.
 
 Three configurations: MMoE with E=64; PLE at :meth:`Config.grid_point
 <mtlzoo.bench.peers.Config.grid_point>`'s split of 64 experts over 8 tasks (32 shared +
@@ -204,9 +205,10 @@ def report(table: pd.DataFrame, command: str, versions: dict[str, str], load: st
         f"Peers: {peer_versions}. Load average (1, 5, 15 min) before / after the run: {load}.",
         "One train step, the same for every side (`mtlzoo.bench.peers.TrainStep`): zero the "
         "gradients, forward, every task's BCE summed and averaged over the batch, backward, "
-        "and the step of `torch.optim.Adam` (lr 1e-3, torch's default implementation, which "
-        "on CPU tensors is the per-tensor for-loop, neither foreach nor fused; the same for "
-        "all sides): the optimizer is part of the timed step. Each side runs on the batch "
+        "and the step of `torch.optim.Adam` (lr 1e-3) as each library's trainer builds it: "
+        "fused for ours (mtlzoo's Trainer: one kernel for every parameter), torch's default "
+        "for the peers (their trainers' `torch.optim.Adam`; on CPU tensors the per-tensor "
+        "for-loop): the optimizer is part of the timed step. Each side runs on the batch "
         "in its own input format (a dict of feature tensors for torch-rechub). In each "
         f"process the three sides are timed interleaved, {_count(repeats, 'round')} after "
         f"{_count(warmup, 'warm-up round')} (each round starting with the next side), and "
