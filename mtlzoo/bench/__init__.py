@@ -30,6 +30,10 @@ Speed: ratios within one run, never timed tests
                         with the CPU targets (``benchmarks/speed.py``), the demo's line
     ``peers``           our MMoE and PLE against torch-rechub's and DeepCTR-Torch's
                         (``mtlzoo bench speed --peers``, the ``[peers]`` extra)
+    ``small_batch``     the same at B=64, E=64, T=8 over fresh processes, with the 3x
+                        target (``benchmarks/small_batch.py``)
+    ``efficiency``      a large MMoE/PLE step's FLOP/s over a same-run matmul's, default and
+                        kept memory, with a per-op profile (``benchmarks/efficiency.py``)
     ``compile_speed``   trainer step eager, compiled, bf16 (``benchmarks/compile_speed.py``)
     ``gpu_speed``       MMoE/PLE on CUDA: fp32, bf16, compiled, loop (``benchmarks/gpu_speed.py``)
     ``task_gradients``  per-task gradients, one vectorised backward against T backward

@@ -37,6 +37,7 @@ from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
 from mtlzoo.bench.speed import SpeedResult, ple_split
 from mtlzoo.memory import keep_freed_memory
 
+PROFILE_WARMUP = 6  # steps before the profiled one
 TARGET = 0.85  # of the same-run matmul FLOP/s, MMoE and PLE, median over processes
 FAMILIES = ("mmoe", "ple")
 # How a process gets memory for large tensors: glibc's default (a fresh mmap for each large
@@ -168,7 +169,8 @@ def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
 
 def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2,
                  memory: str = "default") -> list[dict]:
-    """Per family, the ``top`` ops of one step (after two warm-up steps) by self CPU time,
+    """Per family, the ``top`` ops of one step (after :data:`PROFILE_WARMUP` warm-up steps:
+    kept memory takes a few steps to reach the heap size it reuses) by self CPU time,
     each with its calls, self CPU ms and share of the step's total self CPU time; and a row
     ``(other)`` for the rest."""
     from torch.profiler import ProfilerActivity, profile
@@ -178,8 +180,8 @@ def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2,
     rows = []
     for family in FAMILIES:
         step = make_step(family, size)
-        step()
-        step()
+        for _ in range(PROFILE_WARMUP):
+            step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
@@ -274,7 +276,8 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
     ]
     after = [f"* {line}" for line in checks]
     after += ["", "## Where a step's time goes",
-              "", "One step of each model after two warm-up steps, in one more fresh process per "
+              "", f"One step of each model after {PROFILE_WARMUP} warm-up steps, in one more fresh "
+              "process per "
               "setting (`torch.profiler`, CPU): the top ops by self CPU time, their share of the "
               "step's total self CPU time, and the rest as `(other)`. `aten::addmm`, "
               "`aten::mm`, `aten::bmm` and `aten::baddbmm` are the matmuls.",
