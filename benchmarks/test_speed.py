@@ -26,7 +26,7 @@ def test_train_step(benchmark, description, model, implementation):
         model = loop_version(model)
     x = torch.randn(1024, model.in_features)
     benchmark.extra_info["gflop_per_step"] = speed.step_flops(model, x) / 1e9
-    benchmark.pedantic(speed.train_step, args=(model, x), rounds=10, warmup_rounds=2)
+    benchmark.pedantic(speed.TrainStep(model, x), rounds=10, warmup_rounds=2)
 
 
 def test_matmul_2048(benchmark):

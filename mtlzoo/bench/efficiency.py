@@ -168,7 +168,7 @@ def measure(size: dict | None = None, repeats: int = 5, warmup: int = 2,
 
 
 def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2,
-                 memory: str = "default") -> list[dict]:
+                 memory: str = "default", families: tuple[str, ...] = FAMILIES) -> list[dict]:
     """Per family, the ``top`` ops of one step (after :data:`PROFILE_WARMUP` warm-up steps:
     kept memory takes a few steps to reach the heap size it reuses) by self CPU time,
     each with its calls, self CPU ms and share of the step's total self CPU time; and a row
@@ -178,7 +178,7 @@ def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2,
     _set_up(threads, memory)
     size = Size(**(size or {}))
     rows = []
-    for family in FAMILIES:
+    for family in families:
         step = make_step(family, size)
         for _ in range(PROFILE_WARMUP):
             step()
@@ -234,7 +234,8 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
               threads: int = 2, size: Size | None = None, top: int = 12,
               command: str | None = None) -> SpeedResult:
     """:func:`measure` in ``processes`` fresh processes, the median, the target checked (at
-    the target's size only), and :func:`op_breakdown` in one more fresh process; written
+    the target's size only), and :func:`op_breakdown` in one more fresh process per model
+    and memory setting (so that one model's heap does not shape the other's); written
     to ``out/efficiency.{md,csv}`` (and ``efficiency_runs.csv``)."""
     size = size or Size()
     out.mkdir(parents=True, exist_ok=True)
@@ -248,8 +249,9 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
     runs = pd.DataFrame(runs)
     table = median_over_processes(runs)
     ops = pd.DataFrame([row for memory in MEMORY
+                        for family in FAMILIES
                         for row in in_fresh_process(op_breakdown, asdict(size), top, threads,
-                                                    memory)], columns=OP_COLUMNS)
+                                                    memory, [family])], columns=OP_COLUMNS)
     load = f"{load_before} / {load_average()}"
     checks = check_target(table, processes) if size.is_target else []
     own = max(1, size.num_experts // (2 * size.num_tasks))
@@ -277,7 +279,7 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
     after = [f"* {line}" for line in checks]
     after += ["", "## Where a step's time goes",
               "", f"One step of each model after {PROFILE_WARMUP} warm-up steps, in one more fresh "
-              "process per "
+              "process per model and "
               "setting (`torch.profiler`, CPU): the top ops by self CPU time, their share of the "
               "step's total self CPU time, and the rest as `(other)`. `aten::addmm`, "
               "`aten::mm`, `aten::bmm` and `aten::baddbmm` are the matmuls.",

@@ -4,7 +4,7 @@ Ours vs the loop version of the same model (``mtlzoo.reference.loop_version``), 
 interleaved so that drift in the machine's speed touches both alike; and the FLOP/s our step
 achieves as a fraction of a large fp32 matmul timed in the same run.
 
-The primitives (:func:`train_step`, :func:`median_seconds`, :func:`step_flops`,
+The primitives (:class:`TrainStep`, :func:`median_seconds`, :func:`step_flops`,
 :func:`compare_with_loop`), the grids of models (:func:`every_model_grid`,
 :func:`expert_grid`), and the two benchmarks built on them: :func:`every_model` (``mtlzoo
 bench speed``: every architecture in one process) and :func:`expert_grid_in_processes`
@@ -34,18 +34,29 @@ from mtlzoo.errors import MtlzooError
 from mtlzoo.reference import loop_version
 
 
-def train_step(model: nn.Module, x: Tensor) -> None:
-    """Forward, a loss touching every output, backward; gradients are then dropped.
+class TrainStep:
+    """One train step of ``model`` on ``x``: forward, a loss touching every output, backward,
+    and Adam's step (lr 1e-3, ``fused=True``, as ``mtlzoo.Trainer`` builds it), the
+    gradients then set to None. The optimizer is part of every speed figure; ours and the
+    loop version step through their parameters with the same fused kernel.
 
     On a GPU the step waits for the device, so that wall time is the step's time.
     """
-    out = model(x)
-    loss = sum(logits.float().mean() for logits in out.logits.values()) + out.aux_loss
-    loss.backward()
-    for param in model.parameters():
-        param.grad = None
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
+
+    def __init__(self, model: nn.Module, x: Tensor) -> None:
+        self.model, self.x = model, x
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    def loss(self) -> Tensor:
+        out = self.model(self.x)
+        return sum(logits.float().mean() for logits in out.logits.values()) + out.aux_loss
+
+    def __call__(self) -> None:
+        self.loss().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.x.is_cuda:
+            torch.cuda.synchronize(self.x.device)
 
 
 def median_seconds(
@@ -70,9 +81,12 @@ def median_seconds(
 
 
 def step_flops(model: nn.Module, x: Tensor) -> int:
-    """Matmul FLOPs of one forward + backward, as counted by torch's FlopCounterMode."""
+    """Matmul FLOPs of one forward + backward, as counted by torch's FlopCounterMode (the
+    optimizer's elementwise step has no FLOPs there); the gradients are then dropped."""
     with FlopCounterMode(display=False) as counter:
-        train_step(model, x)
+        TrainStep(model, x).loss().backward()
+    for param in model.parameters():
+        param.grad = None
     return counter.get_total_flops()
 
 
@@ -107,9 +121,7 @@ def compare_with_loop(
         x = torch.randn(batch_size, model.in_features, device=device)
         loop = loop_version(model)
         seconds = median_seconds(
-            {"ours": lambda m=model, x=x: train_step(m, x),
-             "loop": lambda m=loop, x=x: train_step(m, x)},
-            repeats=repeats,
+            {"ours": TrainStep(model, x), "loop": TrainStep(loop, x)}, repeats=repeats,
         )
         flops = step_flops(model, x)
         rows.append({
@@ -206,9 +218,10 @@ def headline(batch_size: int = 64, repeats: int = 15) -> str:
                     if d["model"] == "mmoe"]
     x = torch.randn(batch_size, model.in_features)
     loop = loop_version(model)
-    seconds = median_seconds({"ours": lambda: train_step(model, x),
-                              "loop": lambda: train_step(loop, x)}, repeats=repeats)
-    line = (f"Speed: an 8-task MMoE with 64 experts, forward+backward at batch {batch_size}: "
+    seconds = median_seconds({"ours": TrainStep(model, x), "loop": TrainStep(loop, x)},
+                             repeats=repeats)
+    line = (f"Speed: an 8-task MMoE with 64 experts, train step (with Adam) at batch "
+            f"{batch_size}: "
             f"{1e3 * seconds['ours']:.1f} ms, {seconds['loop'] / seconds['ours']:.1f}x faster "
             "than the same model as a loop over nn.ModuleList")
     from mtlzoo.bench import peers
@@ -276,7 +289,8 @@ def every_model(out: Path = RESULTS, batch_size: int = 1024, repeats: int = 20,
                               progress=progress_bar(len(models), "speed", progress))
     about = (
         f"Batch {batch_size}, 128 features, width-64 layers, towers (32,), binary tasks; "
-        "E experts per level for the gated families. `fraction_of_matmul`: our FLOP/s over a "
+        "E experts per level for the gated families. A step: forward, backward, fused Adam "
+        "(the same for ours and the loop version). `fraction_of_matmul`: our FLOP/s over a "
         f"2048x2048 fp32 matmul's ({table.matmul_gflops.iloc[0]:.0f} GFLOP/s, same run)."
     )
     markdown = markdown_report("Every architecture: train step vs its loop version (cpu)",
@@ -368,7 +382,8 @@ def expert_grid_in_processes(out: Path = RESULTS, device: str = "cpu", repeats: 
                "speedup_max", "gflop_per_step", "ours_gflops", "fraction_of_matmul"]
     about = (
         f"Batch {batch_size}, 128 features, expert width 64, towers (32,), binary tasks. "
-        "`ours_ms` and `loop_ms` are medians of interleaved forward+backward steps; the loop "
+        "`ours_ms` and `loop_ms` are medians of interleaved train steps (forward, backward, "
+        "fused Adam); the loop "
         "version is the same model with every batched kernel replaced by a Python loop over "
         f"nn.ModuleList. Each figure is the median over {processes} fresh processes; "
         "`speedup_min`/`max` give its range. `fraction_of_matmul` is our FLOP/s over a "
