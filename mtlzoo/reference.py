@@ -83,8 +83,13 @@ class LoopGates(nn.Module):
     def forward(
         self, x: Tensor, experts: Tensor, index: Sequence[int] | None = None
     ) -> tuple[Tensor, Tensor]:
-        weights = self.weights(x, index)
-        return self.mix(weights, experts), weights
+        groups = range(len(self.linears)) if index is None else index
+        mixed, weights = [], []
+        for g, x_g in zip(groups, _group_inputs(x, groups), strict=True):
+            weight = self._weight(g, x_g)
+            mixed.append(torch.bmm(weight.unsqueeze(1), experts)[:, 0])
+            weights.append(weight)
+        return torch.stack(mixed, dim=1), torch.stack(weights, dim=1)
 
     @staticmethod
     def mix(weights: Tensor, experts: Tensor) -> Tensor:
@@ -94,13 +99,15 @@ class LoopGates(nn.Module):
         return torch.stack(mixed, dim=1)
 
     def weights(self, x: Tensor, index: Sequence[int] | None = None) -> Tensor:
+        """Each gate's weights, (b, g, e)."""
         groups = range(len(self.linears)) if index is None else index
-        weights = []
-        for g, x_g in zip(groups, _group_inputs(x, groups), strict=True):
-            probs = torch.softmax(self.linears[g](x_g), dim=-1)
-            weight = probs.new_zeros(len(probs), self.num_experts)
-            weights.append(weight.index_copy(1, self.expert_index[g], probs))
-        return torch.stack(weights, dim=1)
+        return torch.stack([self._weight(g, x_g) for g, x_g in
+                            zip(groups, _group_inputs(x, groups), strict=True)], dim=1)
+
+    def _weight(self, g: int, x_g: Tensor) -> Tensor:
+        probs = torch.softmax(self.linears[g](x_g), dim=-1)
+        weight = probs.new_zeros(len(probs), self.num_experts)
+        return weight.index_copy(1, self.expert_index[g], probs)
 
 
 class LoopCrossStitch(nn.Module):
