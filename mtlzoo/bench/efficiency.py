@@ -17,10 +17,7 @@ breakdown of one step of each model (``torch.profiler``, ops by self CPU time), 
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,8 +30,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import mtlzoo
+from mtlzoo.bench.peers import load_average
 from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
-from mtlzoo.bench.speed import SpeedResult, ple_split
+from mtlzoo.bench.speed import SpeedResult, in_fresh_process, ple_split
 from mtlzoo.memory import keep_freed_memory
 
 PROFILE_WARMUP = 6  # steps before the profiled one
@@ -204,16 +202,6 @@ def op_breakdown(size: dict | None = None, top: int = 12, threads: int = 2,
     return rows
 
 
-def in_fresh_process(function, *args: object) -> object:
-    """``function(*args)`` in a fresh Python process (its arguments and result through
-    JSON; its stderr shown here)."""
-    code = (f"import json, sys; from {function.__module__} import {function.__name__} as f; "
-            "print(json.dumps(f(*json.loads(sys.argv[1]))))")
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(args)], check=True,
-                            stdout=subprocess.PIPE, text=True)
-    return json.loads(result.stdout.splitlines()[-1])
-
-
 def median_over_processes(runs: pd.DataFrame) -> pd.DataFrame:
     """Median per model over processes, with the range of the step time and efficiency."""
     keys = ["model", "memory", "B", "d", "width", "E", "T"]
@@ -296,14 +284,6 @@ def benchmark(out: Path = RESULTS, processes: int = 3, repeats: int = 5, warmup:
                                stamp(command), about, table, digits=3, after=after)
     return SpeedResult(table, write_result(out / "efficiency", table, markdown, runs),
                        markdown, checks)
-
-
-def load_average() -> str:
-    """The 1-, 5- and 15-minute load averages, where the platform has them."""
-    try:
-        return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    except (AttributeError, OSError):
-        return "unknown"
 
 
 def markdown_table_ops(ops: pd.DataFrame) -> str:

@@ -33,9 +33,8 @@ import pandas as pd
 import torch
 
 from mtlzoo.bench import peers
-from mtlzoo.bench.efficiency import in_fresh_process
 from mtlzoo.bench.report import RESULTS, markdown_report, stamp, write_result
-from mtlzoo.bench.speed import SpeedResult
+from mtlzoo.bench.speed import SpeedResult, in_fresh_process
 
 TARGET = 3.0  # each peer's step time over ours, MMoE and PLE, median over processes
 RATIOS = tuple(f"{peers.SHORT[peer]}_over_ours" for peer in peers.PEERS)
