@@ -31,8 +31,11 @@ class MultiTaskModel(nn.Module):
 
     A subclass builds its sharing layers and ``self.heads`` (a ``TaskHeads``), and implements
     ``represent(x, task_ids) -> (reps (b, t, h), gate_weights)``, where ``reps`` holds the
-    tasks in ``task_ids`` (all tasks when None) in that order. An optional ``encoder``
-    (``set_encoder``) turns the raw input into the (b, in_features) features first.
+    tasks in ``task_ids`` (all tasks when None) in that order; an architecture with an
+    auxiliary loss (a penalty, a load-balancing term) returns ``(reps, gate_weights,
+    aux_loss)``. One whose tasks' outputs depend on each other after the heads (ESMM's
+    probability product, AITM's calibrator) overrides ``relate_logits``. An optional
+    ``encoder`` (``set_encoder``) turns the raw input into the (b, in_features) features first.
     """
 
     heads: nn.Module
@@ -59,8 +62,14 @@ class MultiTaskModel(nn.Module):
 
     def represent(
         self, x: Tensor, task_ids: Sequence[int] | None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, dict[str, Tensor]] | tuple[Tensor, dict[str, Tensor], Tensor]:
         raise NotImplementedError
+
+    def relate_logits(
+        self, logits: dict[str, Tensor], aux_loss: Tensor, task_ids: Sequence[int] | None
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """The heads' logits and the aux_loss as the model returns them (unchanged here)."""
+        return logits, aux_loss
 
     def forward(self, x: Tensor, tasks: str | Sequence[str] | None = None) -> ModelOutput:
         """Logits for every task, or only for ``tasks`` (their heads and gates alone run)."""
@@ -68,8 +77,10 @@ class MultiTaskModel(nn.Module):
             x = self.encoder(x)
         self._check_input(x)
         task_ids = None if tasks is None else self._task_ids(tasks)
-        reps, gate_weights = self.represent(x, task_ids)
-        return ModelOutput(self.heads(reps, task_ids), gate_weights, x.new_zeros(()))
+        reps, gate_weights, *aux = self.represent(x, task_ids)
+        aux_loss = aux[0] if aux else x.new_zeros(())
+        logits, aux_loss = self.relate_logits(self.heads(reps, task_ids), aux_loss, task_ids)
+        return ModelOutput(logits, gate_weights, aux_loss)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every parameter outside the task heads (gradient balancing acts on these)."""
