@@ -1,14 +1,18 @@
 """The registered architectures, one family a file. Importing a file registers its models."""
 
+from mtlzoo.models.aitm import AITM
 from mtlzoo.models.base import ModelOutput, MultiTaskModel
 from mtlzoo.models.cross_stitch import CrossStitch
 from mtlzoo.models.mmoe import MMoE, OMoE
+from mtlzoo.models.mtan import MTAN
 from mtlzoo.models.ple import CGC, PLE
 from mtlzoo.models.shared_bottom import SharedBottom
 from mtlzoo.models.single_task import SingleTask
 
 __all__ = [
+    "AITM",
     "CGC",
+    "MTAN",
     "PLE",
     "CrossStitch",
     "MMoE",
