@@ -15,7 +15,9 @@ Start here:
   what the trainer computes per task, ``mtlzoo.data`` generated data and batching,
   ``mtlzoo.tokenizer`` the word tokenizer of the text data and encoder,
   ``mtlzoo.train`` the trainer's parts (its loop, one step, its state, checkpoints),
-  ``mtlzoo.memory`` a process setting that makes large CPU batches faster.
+  ``mtlzoo.memory`` a process setting that makes large CPU batches faster,
+  ``mtlzoo.diagnostics`` what a run's gates and task gradients do (expert load, collapse,
+  gradient conflict, loss ratios; ``Trainer(diagnostics_every=N)``).
 """
 
 from mtlzoo import models as _models  # noqa: F401  (import registers the architectures)

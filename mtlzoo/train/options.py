@@ -69,6 +69,7 @@ class Options:
     compile: bool | Mapping[str, object] = False
     table_optimizer: str = "adagrad"
     table_lr: float | None = None
+    diagnostics_every: int | None = None
 
     def __post_init__(self) -> None:
         _checks.real("lr", self.lr, positive=True)
@@ -123,6 +124,8 @@ class Options:
         _checks.choice("table_optimizer", self.table_optimizer, TABLE_OPTIMIZERS)
         if self.table_lr is not None:
             _checks.real("table_lr", self.table_lr, positive=True)
+        if self.diagnostics_every is not None:
+            _checks.positive_int("diagnostics_every", self.diagnostics_every)
 
 
 def check_device(value: object) -> torch.device | None:

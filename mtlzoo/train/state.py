@@ -52,7 +52,9 @@ class EarlyStopping:
 class TrainerState:
     """Where a run stands: optimizer ``step``s taken, ``epoch``s completed, the
     ``position`` within the current epoch and the ``data`` it runs on (its signature), the
-    current epoch's loss sums, the ``history`` (one row per epoch) and early stopping."""
+    current epoch's loss sums, the ``history`` (one row per epoch), early stopping, and with
+    ``Trainer(diagnostics_every=N)`` the ``diagnostics`` rows (one per logged step) and each
+    task's loss at its first step (``first_losses``, the loss ratios' denominators)."""
 
     step: int = 0
     epoch: int = 0
@@ -61,6 +63,8 @@ class TrainerState:
     epoch_sums: dict[str, LossSums] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     stopping: EarlyStopping | None = None
+    diagnostics: list[dict] = field(default_factory=list)
+    first_losses: dict[str, float] = field(default_factory=dict)
 
     @property
     def mid_epoch(self) -> bool:
@@ -80,12 +84,16 @@ class TrainerState:
             "epoch_sums": {k: vars(v).copy() for k, v in self.epoch_sums.items()},
             "history": [dict(row) for row in self.history],
             "stopping": None if stopping is None else vars(stopping).copy(),
+            "diagnostics": [dict(row) for row in self.diagnostics],
+            "first_losses": dict(self.first_losses),
         }
 
     @classmethod
     def from_dict(cls, state: object, rank: int = 0) -> TrainerState:
         """The state ``to_dict`` wrote, with rank ``rank``'s stream position; anything else
         raises ``MtlzooError`` saying what."""
+        if isinstance(state, dict):  # written before diagnostics: none logged
+            state = {"diagnostics": [], "first_losses": {}, **state}
         _fields("the trainer state", state, ["version", *(f.name for f in fields(cls))])
         if state["version"] != VERSION:
             raise MtlzooError(
@@ -98,6 +106,10 @@ class TrainerState:
         _kind("history", state["history"], list)
         for row in state["history"]:
             _kind("a history row", row, dict)
+        _kind("diagnostics", state["diagnostics"], list)
+        for row in state["diagnostics"]:
+            _kind("a diagnostics row", row, dict)
+        _kind("first_losses", state["first_losses"], dict)
         position = {"sources": None, **state["position"]}  # sources: since streams
         _fields("the position", position, ["steps", "streams", "sources"])
         _kind("the position's sources", position["sources"], (list, type(None)))
@@ -129,6 +141,8 @@ class TrainerState:
             epoch_sums={k: LossSums(**v) for k, v in sums.items()},
             history=list(state["history"]),
             stopping=None if stopping is None else EarlyStopping(**stopping),
+            diagnostics=list(state["diagnostics"]),
+            first_losses=dict(state["first_losses"]),
         )
 
 

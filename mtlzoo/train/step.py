@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mtlzoo.data.batches import Batch
 from mtlzoo.data.schedule import JOINT
+from mtlzoo.diagnostics import Diagnostics, StepProbe
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import check_row_weights, task_loss
 from mtlzoo.models.base import ModelOutput, MultiTaskModel
@@ -117,10 +118,14 @@ class TrainStep:
     """``step(batches, number)`` trains on one step's batches and returns each task's
     ``(loss, weight)``; a step whose batches carry no label returns ``{}``. ``autocast``:
     the dtype the forward passes autocast to (``Trainer(precision="bf16")``), or None;
-    ``compiled``: the model is compiled (``Trainer(compile=True)``)."""
+    ``compiled``: the model is compiled (``Trainer(compile=True)``); ``diagnostics``: what
+    ``Trainer(diagnostics_every=N)`` logs (None: nothing), read from the step's own forward
+    passes and losses (no RNG drawn, ``.grad`` untouched)."""
 
     autocast: torch.dtype | None = None
     compiled: bool = False
+    diagnostics: Diagnostics | None = None
+    probe: StepProbe | None = None  # the diagnostics of this step, on a step they log
 
     def __init__(self, model: MultiTaskModel, weighting: Weighting,
                  optimizer: torch.optim.Optimizer, reader: BatchReader,
@@ -139,6 +144,8 @@ class TrainStep:
                ) -> dict[str, tuple[float, float]]:
         if not self.model.training:  # train() walks every module: 50-110 us a step here
             self.model.train()
+        if self.diagnostics is not None:
+            self.probe = self.diagnostics.probe(number)
         representations: list[Tensor] = []  # the encoder's outputs in this step (MGDA-UB)
         encoder = self.model.encoder
         hook = None if encoder is None else encoder.register_forward_hook(
@@ -159,6 +166,8 @@ class TrainStep:
             if not math.isfinite(value):
                 what = "the model's aux_loss" if name is None else f"task {name!r}: the loss"
                 raise NonFiniteLoss(f"{what} is {value} at step {number}")
+        if self.probe is not None:  # before the backward frees the graph
+            self.probe.gradients(losses, self.parameters()[0], self.weighting.batched_backward)
         self.optimizer.zero_grad(set_to_none=True)
         weights = self._backward(losses, aux,
                                  representations[0] if len(representations) == 1 else None)
@@ -190,6 +199,8 @@ class TrainStep:
             out = self.model(self.reader.inputs(batch),
                              tasks=None if task_name is JOINT else [task_name])
             aux = out.aux_loss if aux is None else aux + out.aux_loss
+            if self.probe is not None:
+                self.probe.gates(out.gate_weights, None if task_name is JOINT else [task_name])
             weights = self.reader.row_weights(batch)
             for name, logits in out.logits.items():
                 labels, mask = self.reader.labels(batch, name, per_task=task_name is not JOINT)

@@ -29,6 +29,7 @@ from mtlzoo import _checks
 from mtlzoo.data.batches import as_batches
 from mtlzoo.data.schedule import JOINT, JointSchedule, Position, TaskSchedule
 from mtlzoo.data.streams import WINDOW_BATCHES, StreamBatches, is_stream
+from mtlzoo.diagnostics import Diagnostics
 from mtlzoo.encoders import sharding
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import labelled_rows, task_loss
@@ -104,6 +105,12 @@ class Trainer:
     a dict gives ``torch.compile``'s keyword arguments (``{"mode": "max-autotune"}``). See
     docs/training.md, "Precision and compilation".
 
+    ``diagnostics_every``: every N steps, log the gates' entropy and expert load per task,
+    the cosine of the tasks' gradients on the shared parameters and each task's loss over
+    its first, one row per logged step in ``trainer.diagnostics`` (``mtlzoo.diagnostics``;
+    docs/training.md, "Diagnostics"); the weights trained are those of a run without.
+    One process only: under DDP and FSDP2 it is refused.
+
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
     >>> history = trainer.fit(data["train"], eval=data["validation"], epochs=3)
     >>> trainer.evaluate(data["test"])                  # per-task metrics, a DataFrame
@@ -136,6 +143,7 @@ class Trainer:
         compile: bool | Mapping[str, object] = False,
         table_optimizer: str = "adagrad",
         table_lr: float | None = None,
+        diagnostics_every: int | None = None,
     ) -> None:
         if not isinstance(model, MultiTaskModel):
             raise MtlzooError(f"Trainer needs an mtlzoo model, got {type(model).__name__}")
@@ -146,9 +154,16 @@ class Trainer:
             label_keys=label_keys if label_keys is not None else {}, grad_clip=grad_clip,
             seed=seed, progress=progress, device=device, strategy=strategy,
             precision=precision, compile=compile, table_optimizer=table_optimizer,
-            table_lr=table_lr,
+            table_lr=table_lr, diagnostics_every=diagnostics_every,
         )
         self.ranks = distributed.resolve(self.options.strategy)  # None: one process
+        if self.ranks is not None and diagnostics_every is not None:
+            raise MtlzooError(
+                f"diagnostics_every={diagnostics_every}: diagnostics are logged in one process "
+                f"only, and this trainer runs on {self.ranks.size} ranks (strategy="
+                f"{self.options.strategy!r}); train with strategy='none', or without "
+                "diagnostics_every"
+            )
         if self.ranks is not None:
             if self.ranks.rank != 0:  # rank 0 alone writes progress
                 self.options = dataclasses.replace(self.options, progress=False)
@@ -187,6 +202,9 @@ class Trainer:
         )
         self._step.autocast = PRECISIONS[self.options.precision]
         self._step.compiled = self.options.compile is not False
+        self._diagnostics = (None if diagnostics_every is None
+                             else Diagnostics(diagnostics_every, model.task_names))
+        self._step.diagnostics = self._diagnostics
         if self.options.compile is not False:  # in place: the state dict keeps its keys
             model.compile(**({} if self.options.compile is True else self.options.compile))
         self.state = TrainerState()
@@ -214,6 +232,14 @@ class Trainer:
         import pandas as pd
 
         return pd.DataFrame(self.state.history)
+
+    @property
+    def diagnostics(self):
+        """One row per step logged by ``diagnostics_every``: ``step``, ``epoch`` and the
+        columns of ``mtlzoo.diagnostics`` (docs/training.md, "Diagnostics")."""
+        import pandas as pd
+
+        return pd.DataFrame(self.state.diagnostics)
 
     # --- training -------------------------------------------------------------------------
 
@@ -348,11 +374,14 @@ class Trainer:
                     if self._tables is not None:  # the tables' fused optimizer too
                         sharding.set_table_lr(self._tables,
                                               self._table_lr * factor(state.step, planned))
-                self._record(self._step(batches, state.step + 1))
+                result = self._step(batches, state.step + 1)
+                self._record(result)
                 step_rows = self._rows(batches) if count_rows else 0
                 rows += step_rows
                 state.step += 1
                 state.position = position
+                if self._diagnostics is not None:
+                    self._log_diagnostics(result)
                 bar.update(1 if per_epoch is not None else step_rows)
                 bar.set_postfix_str(self._running_losses())
                 if last:
@@ -379,6 +408,15 @@ class Trainer:
             sums.loss += loss
             sums.weight += weight
             sums.steps += 1
+
+    def _log_diagnostics(self, result: dict[str, tuple[float, float]]) -> None:
+        """Keep each task's first loss; the row of a step ``diagnostics_every`` logs."""
+        state = self.state
+        for name, (loss, _) in result.items():
+            state.first_losses.setdefault(name, loss)
+        row = self._diagnostics.row(state.step, state.epoch + 1, result, state.first_losses)
+        if row is not None:
+            state.diagnostics.append(row)
 
     def _end_epoch(self, eval_sources, early: bool) -> None:
         """Close the epoch: the weighting's epoch end, the history row (with the metrics
