@@ -36,6 +36,9 @@ from mtlzoo.weighting.gradients import gram_matrix, task_gradients
 
 COLLAPSE_LOAD = 0.9  # a gate whose busiest expert takes this much of its load has collapsed
 SHARED = "shared"  # the name of a gate row that serves every task
+# AITM's "transfer" weights (b, n, 2) over [p_{t-1}, q_t]: a row per selected task after the
+# model's first; they weigh two inputs, not experts, so no collapse is looked for in them
+TRANSFER_GATES = ("transfer",)
 
 
 class ExpertCollapseWarning(UserWarning):
@@ -67,12 +70,18 @@ def effective_experts(load: Tensor) -> Tensor:
     return torch.special.entr(load).sum(dim=-1).exp()
 
 
-def gate_rows(rows: int, selected: Sequence[str], tasks: Sequence[str]) -> list[str]:
-    """The names of a gate tensor's ``rows`` in a forward pass for the ``selected`` tasks of
-    a model's ``tasks``: one per selected task (MMoE's gates, PLE's last level; OMoE's one
-    gate when a forward runs one task's batch), one per task (PLE's levels before the last),
-    every task then ``"shared"`` (PLE's shared gate), or ``"shared"`` alone (OMoE's one gate
-    in a forward of every task); other counts by position, ``"0"``, ``"1"``, ..."""
+def gate_rows(rows: int, selected: Sequence[str], tasks: Sequence[str], gate: str = ""
+              ) -> list[str]:
+    """The names of the ``rows`` of gate tensor ``gate`` in a forward pass for the
+    ``selected`` tasks of a model's ``tasks``: for a ``TRANSFER_GATES`` gate one per selected
+    task after the model's first (AITM); else one per selected task (MMoE's gates, PLE's
+    last level; OMoE's one gate when a forward runs one task's batch), one per task (PLE's
+    levels before the last), every task then ``"shared"`` (PLE's shared gate), or
+    ``"shared"`` alone (OMoE's one gate in a forward of every task); other counts by
+    position, ``"0"``, ``"1"``, ..."""
+    after_first = [name for name in selected if name != tasks[0]]
+    if gate in TRANSFER_GATES and rows == len(after_first):
+        return after_first
     if rows == len(selected):
         return list(selected)
     if rows == len(tasks):
@@ -119,7 +128,7 @@ class GateSums:
             top = torch.nn.functional.one_hot(weights.argmax(dim=-1), weights.shape[-1])
             entropy = torch.special.entr(weights).sum(dim=-1).sum(dim=0).cpu()
             load, top = weights.sum(dim=0).cpu(), top.sum(dim=0).double().cpu()
-            for index, row in enumerate(gate_rows(weights.shape[1], selected, self.tasks)):
+            for index, row in enumerate(gate_rows(weights.shape[1], selected, self.tasks, gate)):
                 kept = self.sums.setdefault((gate, row), [0, 0.0, 0.0, 0.0])
                 kept[0] += len(weights)
                 kept[1] += entropy[index]
@@ -147,7 +156,7 @@ def collapsed_gates(row: Mapping[str, float], max_load: float = COLLAPSE_LOAD) -
     """The ``"<gate>/<row>"`` of the gates whose busiest expert takes at least ``max_load``
     (in (0, 1]) of their load, in a mapping of ``gate_statistics``' columns (a row of
     ``trainer.diagnostics`` too). Gates that give weight to fewer than two experts have no
-    choice to collapse and are left out."""
+    choice to collapse and are left out, as are ``TRANSFER_GATES``."""
     _checks.in_range("max_load", max_load, 0, 1)
     if max_load == 0:
         raise MtlzooError("max_load must be a number in (0, 1], got 0")
@@ -155,7 +164,7 @@ def collapsed_gates(row: Mapping[str, float], max_load: float = COLLAPSE_LOAD) -
     for column, value in row.items():
         if isinstance(column, str) and column.startswith("expert load/"):
             where = column[len("expert load/"):].rsplit("/", 1)[0]
-            if value == value:  # not NaN (a gate this row did not see)
+            if value == value and where.split("/")[0] not in TRANSFER_GATES:  # NaN: unseen
                 loads.setdefault(where, []).append(float(value))
     return [where for where, load in loads.items()
             if sum(share > 0 for share in load) > 1 and max(load) >= max_load]

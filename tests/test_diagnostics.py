@@ -50,16 +50,18 @@ def test_gate_statistics_name_the_rows_by_task_and_shared_gate():
     assert diagnostics.gate_statistics({}, TASKS) == {}
 
 
-@pytest.mark.parametrize(("rows", "selected", "expected"), [
-    (3, TASKS, TASKS),                           # MMoE, PLE's last level
-    (4, TASKS, [*TASKS, "shared"]),              # PLE's levels before the last
-    (1, TASKS, ["shared"]),                      # OMoE's one gate
-    (1, ["topic"], ["topic"]),                   # a forward of topic's batch alone
-    (4, ["topic"], [*TASKS, "shared"]),          # PLE's first level on topic's batch
-    (6, TASKS, ["0", "1", "2", "3", "4", "5"]),  # anything else: by position
+@pytest.mark.parametrize(("rows", "selected", "gate", "expected"), [
+    (3, TASKS, "gates", TASKS),                           # MMoE, PLE's last level
+    (4, TASKS, "level1", [*TASKS, "shared"]),             # PLE's levels before the last
+    (1, TASKS, "gates", ["shared"]),                      # OMoE's one gate
+    (1, ["topic"], "gates", ["topic"]),                   # a forward of topic's batch alone
+    (4, ["topic"], "level1", [*TASKS, "shared"]),         # PLE's first level on topic's batch
+    (2, TASKS, "transfer", ["topic", "score"]),           # AITM: the tasks after the first
+    (1, ["score"], "transfer", ["score"]),
+    (6, TASKS, "gates", ["0", "1", "2", "3", "4", "5"]),  # anything else: by position
 ])
-def test_gate_rows(rows, selected, expected):
-    assert diagnostics.gate_rows(rows, selected, TASKS) == expected
+def test_gate_rows(rows, selected, gate, expected):
+    assert diagnostics.gate_rows(rows, selected, TASKS, gate) == expected
 
 
 def test_gate_statistics_average_over_the_forwards_of_a_step():
@@ -84,6 +86,9 @@ def test_collapse_warning_on_a_collapsed_gate_not_on_a_uniform_one():
     uniform = torch.full((2, 1, 3), 1 / 3)
     row = diagnostics.gate_statistics({"gates": collapsed, "other": uniform}, ["a"])
     assert diagnostics.collapsed_gates(row) == ["gates/a"]
+    # AITM's transfer weights weigh two inputs, not experts: no collapse looked for
+    assert diagnostics.collapsed_gates(
+        diagnostics.gate_statistics({"transfer": collapsed}, ["z", "a"])) == []
     with pytest.warns(ExpertCollapseWarning, match="'gates/a' has collapsed.*expert 0"):
         assert diagnostics.warn_collapse(row) == ["gates/a"]
     with warnings.catch_warnings():
