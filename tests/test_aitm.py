@@ -85,10 +85,12 @@ def logits_of(probabilities: dict[str, list[float]]) -> dict[str, torch.Tensor]:
 )
 def test_the_calibrator_on_hand_computed_logits(options, expected):
     model = create("aitm", FUNNEL[1:], **options)
-    logits = logits_of({"click": [0.5, 0.75], "buy": [0.75, 0.5]})
+    logits = {name: value.requires_grad_() for name, value in
+              logits_of({"click": [0.5, 0.75], "buy": [0.75, 0.5]}).items()}
     kept, aux_loss = model.relate_logits(logits, torch.zeros((), dtype=torch.float64), None)
     assert kept is logits
     torch.testing.assert_close(aux_loss, torch.tensor(expected, dtype=torch.float64))
+    assert aux_loss.requires_grad == (expected > 0)  # calibration=0 adds no graph (DDP's case)
 
 
 def test_the_calibrator_sums_consecutive_binary_pairs_present():

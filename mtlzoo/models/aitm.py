@@ -1,6 +1,6 @@
 """Adaptive Information Transfer Multi-task (AITM).
 
-Xi, Chen, Liu, Yu, Gu, Xie, Jing, Liu, "Modeling the Sequential Dependence among Audience
+Xi, Chen, Yan, Zhang, Zhu, Zhuang, Chen, "Modeling the Sequential Dependence among Audience
 Multi-step Conversions with Multi-task Learning in Targeted Display Advertising", KDD 2021.
 
 The tasks are steps of a funnel (impression -> click -> purchase), in the order of ``tasks``.
@@ -102,10 +102,11 @@ class AITM(MultiTaskModel):
     def relate_logits(
         self, logits: dict[str, Tensor], aux_loss: Tensor, task_ids: Sequence[int] | None
     ) -> tuple[dict[str, Tensor], Tensor]:
-        """Adds the calibrator over the consecutive binary tasks whose logits were computed."""
+        """Adds the calibrator over the consecutive binary tasks whose logits were computed
+        (nothing, not even a zero with a gradient, with ``calibration=0``: DDP trains that)."""
         pairs = [(self.task_names[a], self.task_names[b]) for a, b in self.calibrated_pairs
                  if self.task_names[a] in logits and self.task_names[b] in logits]
-        if not pairs:
+        if not pairs or self.calibration == 0:
             return logits, aux_loss
         earlier = torch.sigmoid(torch.cat([logits[a] for a, _ in pairs], dim=1))  # (b, pairs)
         later = torch.sigmoid(torch.cat([logits[b] for _, b in pairs], dim=1))
