@@ -137,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
         help="keep freed CPU memory for reuse (glibc): large batches stop faulting in fresh "
              "pages every step, the process keeps its peak memory (mtlzoo.memory)",
     )
+    train.add_argument(
+        "--diagnostics-every", type=_positive_int, metavar="N",
+        help="log gate entropy, expert load, gradient cosines and loss ratios every N steps "
+             "(Trainer(diagnostics_every=N); docs/training.md, Diagnostics)",
+    )
+    train.add_argument("--diagnostics-plot", metavar="PATH",
+                       help="with --diagnostics-every: draw the expert load per task at the "
+                            "last logged step to PATH (a .png; needs matplotlib)")
 
     demo = commands.add_parser(
         "demo", help="the synthetic quality suite at demo size (a few minutes on 2 cores)"
@@ -236,7 +244,7 @@ def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
 SYNTHETIC_OPTIONS = {"model": None, "data": "synthetic", "checkpoint": None, "force": False,
                      "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
                      "lr": 1e-3, "seed": 0, "strategy": "auto", "precision": "fp32",
-                     "compile": False}
+                     "compile": False, "diagnostics_every": None, "diagnostics_plot": None}
 RECIPE_OPTIONS = ("task", "data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
                   "hidden_size", "pooling", "batching", "steps", "compare_single_task", "seeds",
                   "out")
@@ -259,6 +267,8 @@ def _check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespa
         kind = f"--recipe {args.recipe}" if args.recipe else "a synthetic run (no --recipe)"
         listed = ", ".join("--" + name.replace("_", "-") for name in unused)
         parser.error(f"{kind} does not use {listed}")
+    if args.diagnostics_plot and not args.diagnostics_every:
+        parser.error("--diagnostics-plot draws what --diagnostics-every logs: give both")
 
 
 def _checked(convert, accept, what: str):
@@ -321,6 +331,8 @@ def _train(args: argparse.Namespace) -> int:
             trainer.fit(data["train"], eval=data["validation"], epochs=args.epochs,
                         checkpoint=args.checkpoint)
         say(_metrics_table(trainer.evaluate(data["test"])))
+        if args.diagnostics_plot:
+            _plot_expert_load(trainer, args.diagnostics_plot, say)
     finally:
         if started:
             dist.destroy_process_group()
@@ -341,7 +353,17 @@ def _trainer(args: argparse.Namespace) -> mtlzoo.Trainer:
         model, weighting=args.weighting, lr=args.lr, batch_size=args.batch_size,
         seed=args.seed, progress=not args.quiet, strategy=args.strategy,
         precision=args.precision, compile=args.compile,
+        diagnostics_every=args.diagnostics_every,
     )
+
+
+def _plot_expert_load(trainer: mtlzoo.Trainer, path: str, say=print) -> None:
+    """--diagnostics-plot: the expert load per task at the last logged step."""
+    from mtlzoo.bench.figures import expert_load_figure
+
+    drawn = expert_load_figure(trainer.diagnostics, Path(path))
+    say(f"expert load per task: {drawn}" if drawn else
+        "--diagnostics-plot: matplotlib is not installed, no figure drawn", file=sys.stderr)
 
 
 def _resume(trainer: mtlzoo.Trainer, args: argparse.Namespace, say=print) -> mtlzoo.Trainer:

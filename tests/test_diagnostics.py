@@ -287,3 +287,17 @@ def test_the_expert_load_figure_is_written(tmp_path):
     with pytest.raises(MtlzooError, match="no gates"):
         expert_load_figure(_train("shared_bottom", steps=2, diagnostics_every=2).diagnostics,
                            tmp_path / "x.png")
+
+
+def test_the_command_line_draws_the_expert_load(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from mtlzoo.cli import main
+
+    path = tmp_path / "load.png"
+    assert main(["train", "--model", "omoe", "--rows", "60", "--epochs", "1", "--quiet",
+                 "--batch-size", "16", "--diagnostics-every", "2",
+                 "--diagnostics-plot", str(path)]) == 0
+    assert path.stat().st_size > 0 and str(path) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "omoe", "--diagnostics-plot", str(path)])
+    assert "give both" in capsys.readouterr().err
