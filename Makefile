@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# the exact CPU build on this machine's disk; pyproject.toml only states a range
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,torchrec]'
+	$(PY) -m pip install --quiet -e '.[dev,torchrec,onnx]'
 	# torchrec without its "fbgemm-gpu" requirement (the 500 MB CUDA wheel, which fails to
 	# load on this CPU torch); the [torchrec] extra brings fbgemm-gpu-cpu and the rest
 	$(PY) -m pip install --quiet --no-deps torchrec==1.8.0

@@ -9,6 +9,7 @@ Start here:
 * ``Trainer(model, weighting=...)`` minimises ``sum_t w_t L_t`` with Adam in both data
   regimes (one dataset labelled for every task, or one dataset per task);
   ``list_weightings()`` names the loss-weighting and gradient-balancing methods.
+* ``export(model, example)`` / ``export_onnx``: a program to serve (docs/serving.md).
 * ``mtlzoo.layers`` holds the batched kernels, ``mtlzoo.models`` one file per family,
   ``mtlzoo.reference`` the naive loop versions the tests and benchmarks compare against,
   ``mtlzoo.weighting`` the weighting methods, ``mtlzoo.losses`` and ``mtlzoo.metrics``
@@ -23,6 +24,7 @@ Start here:
 from mtlzoo import models as _models  # noqa: F401  (import registers the architectures)
 from mtlzoo._registry import create_model, get_model_builder, list_models, register_model
 from mtlzoo.errors import MtlzooError
+from mtlzoo.export import export, export_onnx
 from mtlzoo.layers import TaskHeads
 from mtlzoo.models import ModelOutput, MultiTaskModel
 from mtlzoo.tasks import Task
@@ -47,6 +49,8 @@ __all__ = [
     "__version__",
     "create_model",
     "create_weighting",
+    "export",
+    "export_onnx",
     "get_model_builder",
     "list_models",
     "list_weightings",
