@@ -16,7 +16,13 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlzoo.layers import CrossStitchUnit, SoftmaxGates, StackedLinear, StackedMLP
+from mtlzoo.layers import (
+    CrossStitchUnit,
+    DSelectGates,
+    SoftmaxGates,
+    StackedLinear,
+    StackedMLP,
+)
 
 
 def _linear(stacked: StackedLinear, g: int) -> nn.Linear:
@@ -124,11 +130,69 @@ class LoopCrossStitch(nn.Module):
         )
 
 
+class LoopDSelectGates(nn.Module):
+    """DSelect-k gates one gate, selector and expert at a time: each gate's code and
+    combination logits from its own ``nn.Linear``, each expert's weight a product over its
+    code's bits of the paper's piecewise smooth-step, each gate mixing with its own bmm."""
+
+    def __init__(self, gates: DSelectGates) -> None:
+        super().__init__()
+        self.num_experts, self.num_selectors = gates.num_experts, gates.num_selectors
+        self.num_bits, self.gamma, self.entropy_reg = gates.num_bits, gates.gamma, gates.entropy_reg
+        self.linears = nn.ModuleList(_linear(gates.logits, g) for g in range(gates.num_gates))
+
+    def forward(
+        self, x: Tensor, experts: Tensor, index: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        groups = range(len(self.linears)) if index is None else index
+        mixed, weights, regulariser = [], [], x.new_zeros(())
+        for g in groups:
+            weight, penalty = self._weight(g, x)
+            mixed.append(torch.bmm(weight.unsqueeze(1), experts)[:, 0])
+            weights.append(weight)
+            regulariser = regulariser + penalty
+        return torch.stack(mixed, dim=1), torch.stack(weights, dim=1), regulariser
+
+    def _smooth_step(self, t: Tensor) -> Tensor:
+        gamma = self.gamma
+        cubic = -2 / gamma**3 * t**3 + 3 / (2 * gamma) * t + 0.5
+        return torch.where(t <= -gamma / 2, 0.0, torch.where(t >= gamma / 2, 1.0, cubic))
+
+    def _weight(self, g: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Gate g's weights (b, e) and its regulariser, averaged over the batch."""
+        logits = self.linears[g](x)
+        bits, experts = self.num_bits, self.num_experts
+        combination = torch.softmax(logits[:, self.num_selectors * bits:], dim=1)
+        weight = logits.new_zeros(len(x), experts)
+        penalty = logits.new_zeros(len(x))
+        for c in range(self.num_selectors):
+            steps = self._smooth_step(logits[:, c * bits:(c + 1) * bits])
+            probs = []
+            for j in range(experts):
+                prob = logits.new_ones(len(x))
+                for bit in range(bits):
+                    on = (j >> (bits - 1 - bit)) & 1
+                    prob = prob * (steps[:, bit] if on else 1 - steps[:, bit])
+                probs.append(prob)
+            selector = torch.stack(probs, dim=1)
+            if experts != 2**bits:  # renormalised over the real experts, penalised off them
+                mass = selector.sum(1, keepdim=True)
+                safe = torch.where(mass > 0, mass, 1.0)
+                selector = torch.where(mass > 0, selector / safe, 1.0 / experts)
+                penalty = penalty + (1 / safe[:, 0] - 1)
+            if self.entropy_reg:
+                logs = selector.clamp_min(torch.finfo(selector.dtype).tiny).log()
+                penalty = penalty - self.entropy_reg * (selector * logs).sum(1)
+            weight = weight + combination[:, c:c + 1] * selector
+        return weight, penalty.mean()
+
+
 _LOOP_VERSIONS: dict[type[nn.Module], type[nn.Module]] = {
     StackedMLP: LoopMLP,
     StackedLinear: LoopLinear,
     SoftmaxGates: LoopGates,
     CrossStitchUnit: LoopCrossStitch,
+    DSelectGates: LoopDSelectGates,
 }
 
 

@@ -20,6 +20,8 @@ SMALL_OPTIONS = {
     "ple": {
         "num_levels": 3, "num_shared_experts": 2, "num_task_experts": 2, "expert_dims": (10, 8)
     },
+    "esmm": {"bottom_dims": (10, 8)},
+    "dselect_k": {"num_experts": 5, "k": 2, "expert_dims": (10, 8)},
     "mtan": {"shared_dims": (10, 8)},
     "aitm": {"task_tower_dims": (10, 8)},
 }

@@ -26,6 +26,7 @@ import mtlzoo.layers
 from mtlzoo.layers import (
     AXES,
     CrossStitchUnit,
+    DSelectGates,
     SoftmaxGates,
     Spec,
     StackedLinear,
@@ -45,7 +46,7 @@ NOT_KERNELS = {
 }
 
 # one size per axis, all different; an index of 7 of the g = 10 groups keeps g distinct too
-SIZES = {"b": 13, "d": 5, "h": 6, "k": 4, "o": 3, "e": 11, "a": 2, "g": 10, "t": 9}
+SIZES = {"b": 13, "d": 5, "h": 6, "k": 4, "o": 3, "e": 11, "a": 2, "g": 10, "t": 9, "c": 8}
 INDEX = [9, 0, 4, 2, 7, 1, 5]
 
 
@@ -203,6 +204,31 @@ def case_cross_stitch(ein: Einsum) -> None:
     close(unit(x), ein("s t, b s h -> b t h", unit.alpha, x))
 
 
+def case_dselect_gates(ein: Einsum) -> None:
+    g, e, c = SIZES["g"], SIZES["e"], SIZES["c"]  # e = 11: m = 4 bits, 5 codes unused
+    gates = DSelectGates(g, SIZES["d"], e, c, gamma=0.5)
+    with torch.no_grad():  # not the near-uniform initialisation: some steps saturate
+        gates.logits.weight.normal_()
+    m = gates.num_bits
+    codes = torch.tensor([[(j >> (m - 1 - bit)) & 1 for bit in range(m)] for j in range(e)])
+    for index in (None, INDEX):
+        rows = slice(None) if index is None else index
+        x, experts = randn("b", "d"), randn("b", "e", "h")
+        logits = (ein("b d, g d o -> b g o", x, gates.logits.weight[rows])
+                  + gates.logits.bias[rows])
+        steps = (logits[..., : c * m].unflatten(-1, (c, m)) / 0.5 + 0.5).clamp(0, 1)
+        steps = 3 * steps**2 - 2 * steps**3
+        factors = codes * steps.unsqueeze(-2) + (1 - codes) * (1 - steps.unsqueeze(-2))
+        selectors = factors.prod(-1)
+        mass = selectors.sum(-1, keepdim=True)
+        selectors = torch.where(mass > 0, selectors / mass.clamp_min(1e-300), 1 / e)
+        combination = torch.softmax(logits[..., c * m :], dim=-1)
+        weights = ein("b g c, b g c e -> b g e", combination, selectors)
+        mixed, out_weights, _ = gates(x, experts, index)
+        close(out_weights, weights)
+        close(mixed, ein("b g e, b e h -> b g h", weights, experts))
+
+
 def case_task_heads(ein: Einsum) -> None:
     t = SIZES["t"]
     kinds = [mtlzoo.Task(f"task{i}", kind=("binary", "regression")[i % 2]) for i in range(t)]
@@ -234,6 +260,7 @@ CASES: dict[object, tuple[Callable[[Einsum], None], tuple[str, ...]]] = {
     mix_experts: (case_mix_experts, ()),
     CrossStitchUnit: (case_cross_stitch, ("s", "t")),  # alpha is (T, T): s and t are both T
     TaskHeads: (case_task_heads, ()),
+    DSelectGates: (case_dselect_gates, ()),
 }
 
 

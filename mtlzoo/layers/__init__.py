@@ -3,6 +3,7 @@
 from mtlzoo.layers.activations import ACTIVATIONS, make_activation
 from mtlzoo.layers.axes import AXES, Spec, einsum_specs
 from mtlzoo.layers.cross_stitch import CrossStitchUnit
+from mtlzoo.layers.dselect import DSelectGates
 from mtlzoo.layers.gates import SoftmaxGates, mix_experts
 from mtlzoo.layers.heads import TaskHeads
 from mtlzoo.layers.stacked import StackedLinear, StackedMLP, run_jointly
@@ -11,6 +12,7 @@ __all__ = [
     "ACTIVATIONS",
     "AXES",
     "CrossStitchUnit",
+    "DSelectGates",
     "SoftmaxGates",
     "Spec",
     "StackedLinear",

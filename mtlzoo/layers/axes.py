@@ -12,6 +12,7 @@ Letters (``AXES``)::
     b batch   d input features   h hidden width   k tower width   o output width
     e experts   t tasks   g a stacked group   a experts one gate may use
     s source column of a cross-stitch unit   l sequence length (reserved for encoders)
+    c a DSelect-k gate's single-expert selectors (the paper's k)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ AXES: dict[str, str] = {
     "a": "the experts one gate may use (a <= e, see the gate mask)",
     "s": "source column of a cross-stitch unit (its target column is t)",
     "l": "sequence length (reserved for encoders; no current kernel uses it)",
+    "c": "a DSelect-k gate's single-expert selectors (the paper's k)",
 }
 
 

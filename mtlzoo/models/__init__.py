@@ -3,6 +3,8 @@
 from mtlzoo.models.aitm import AITM
 from mtlzoo.models.base import ModelOutput, MultiTaskModel
 from mtlzoo.models.cross_stitch import CrossStitch
+from mtlzoo.models.dselect_k import DSelectK
+from mtlzoo.models.esmm import ESMM
 from mtlzoo.models.mmoe import MMoE, OMoE
 from mtlzoo.models.mtan import MTAN
 from mtlzoo.models.ple import CGC, PLE
@@ -15,6 +17,8 @@ __all__ = [
     "MTAN",
     "PLE",
     "CrossStitch",
+    "DSelectK",
+    "ESMM",
     "MMoE",
     "ModelOutput",
     "MultiTaskModel",
