@@ -22,6 +22,8 @@ from mtlzoo.layers import (
     SoftmaxGates,
     StackedLinear,
     StackedMLP,
+    SubspaceStitchUnit,
+    TiedMLP,
 )
 
 
@@ -130,6 +132,32 @@ class LoopCrossStitch(nn.Module):
         )
 
 
+class LoopTiedMLP(LoopMLP):
+    """One MLP per column (``LoopMLP``); the distance summed one pair of columns at a time."""
+
+    def pairwise_squared_distance(self) -> Tensor:
+        columns = [[m for m in mlp if isinstance(m, nn.Linear)] for mlp in self.per_group]
+        total = columns[0][0].weight.new_zeros(())
+        for s in range(len(columns)):
+            for t in range(s + 1, len(columns)):
+                for a, b in zip(columns[s], columns[t], strict=True):
+                    total = total + (a.weight - b.weight).pow(2).sum()
+                    total = total + (a.bias - b.bias).pow(2).sum()
+        return total
+
+
+class LoopSubspaceStitch(LoopCrossStitch):
+    """A subspace stitch unit: the cross-stitch loop over the T*m subspace columns."""
+
+    def __init__(self, unit: SubspaceStitchUnit) -> None:
+        super().__init__(unit)
+        self.num_subspaces = unit.num_subspaces
+
+    def forward(self, x: Tensor) -> Tensor:
+        width = x.shape[-1] // self.num_subspaces
+        return super().forward(x.reshape(x.shape[0], -1, width)).reshape(x.shape)
+
+
 class LoopDSelectGates(nn.Module):
     """DSelect-k gates one gate, selector and expert at a time: each gate's code and
     combination logits from its own ``nn.Linear``, each expert's weight a product over its
@@ -192,6 +220,8 @@ _LOOP_VERSIONS: dict[type[nn.Module], type[nn.Module]] = {
     StackedLinear: LoopLinear,
     SoftmaxGates: LoopGates,
     CrossStitchUnit: LoopCrossStitch,
+    TiedMLP: LoopTiedMLP,
+    SubspaceStitchUnit: LoopSubspaceStitch,
     DSelectGates: LoopDSelectGates,
 }
 

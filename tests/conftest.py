@@ -24,6 +24,8 @@ SMALL_OPTIONS = {
     "dselect_k": {"num_experts": 5, "k": 2, "expert_dims": (10, 8)},
     "mtan": {"shared_dims": (10, 8)},
     "aitm": {"task_tower_dims": (10, 8)},
+    "l2_constrained": {"column_dims": (10, 8), "penalty": 0.1},
+    "sluice": {"column_dims": (8, 8), "num_subspaces": 2, "orthogonality": 0.1},
 }
 
 

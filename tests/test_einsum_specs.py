@@ -31,7 +31,9 @@ from mtlzoo.layers import (
     Spec,
     StackedLinear,
     StackedMLP,
+    SubspaceStitchUnit,
     TaskHeads,
+    TiedMLP,
     mix_experts,
     run_jointly,
 )
@@ -204,6 +206,40 @@ def case_cross_stitch(ein: Einsum) -> None:
     close(unit(x), ein("s t, b s h -> b t h", unit.alpha, x))
 
 
+def case_subspace_stitch(ein: Einsum) -> None:
+    columns, m, width = 3, 3, SIZES["h"]  # T*m = 9 subspaces, read as s and t
+    unit = SubspaceStitchUnit(columns, m)
+    with torch.no_grad():
+        unit.alpha.copy_(torch.randn_like(unit.alpha))
+    x = torch.randn(SIZES["b"], columns, m * width)
+    # subspace i of column c is number c*m + i
+    subspaces = torch.stack(
+        [x[:, c, i * width:(i + 1) * width] for c in range(columns) for i in range(m)], dim=1
+    )
+    mixed = ein("s t, b s h -> b t h", unit.alpha, subspaces)
+    close(unit(x), torch.cat([mixed[:, c * m:(c + 1) * m].flatten(1)[:, None]
+                              for c in range(columns)], dim=1))
+
+
+def case_tied_mlp(ein: Einsum) -> None:
+    g = SIZES["g"]
+    mlp = TiedMLP(g, SIZES["d"], (8, 12), activation="tanh")  # widths no other axis has
+    first, last = mlp.layers
+    for index in (None, INDEX):
+        rows = slice(None) if index is None else index
+        x = randn("b", "d")
+        hidden = torch.tanh(ein("b d, g d h -> b g h", x, first.weight[rows]) + first.bias[rows])
+        expected = torch.tanh(ein("b g d, g d h -> b g h", hidden, last.weight[rows])
+                              + last.bias[rows])
+        close(mlp(x, index), expected)
+    distance = 0
+    for layer in mlp.layers:
+        with_bias = torch.cat([layer.weight, layer.bias[:, None]], dim=1)  # (g, d+1, h)
+        gram = ein("s d h, t d h -> s t", with_bias, with_bias)
+        distance = distance + g * gram.trace() - gram.sum()
+    close(mlp.pairwise_squared_distance(), distance)
+
+
 def case_dselect_gates(ein: Einsum) -> None:
     g, e, c = SIZES["g"], SIZES["e"], SIZES["c"]  # e = 11: m = 4 bits, 5 codes unused
     gates = DSelectGates(g, SIZES["d"], e, c, gamma=0.5)
@@ -260,6 +296,8 @@ CASES: dict[object, tuple[Callable[[Einsum], None], tuple[str, ...]]] = {
     mix_experts: (case_mix_experts, ()),
     CrossStitchUnit: (case_cross_stitch, ("s", "t")),  # alpha is (T, T): s and t are both T
     TaskHeads: (case_task_heads, ()),
+    SubspaceStitchUnit: (case_subspace_stitch, ("s", "t")),  # alpha is (T*m, T*m)
+    TiedMLP: (case_tied_mlp, ("s", "t")),  # a Gram matrix of the columns: s and t are both T
     DSelectGates: (case_dselect_gates, ()),
 }
 

@@ -6,7 +6,9 @@ from mtlzoo.layers.cross_stitch import CrossStitchUnit
 from mtlzoo.layers.dselect import DSelectGates
 from mtlzoo.layers.gates import SoftmaxGates, mix_experts
 from mtlzoo.layers.heads import TaskHeads
+from mtlzoo.layers.sluice import SubspaceStitchUnit
 from mtlzoo.layers.stacked import StackedLinear, StackedMLP, run_jointly
+from mtlzoo.layers.tied import TiedMLP
 
 __all__ = [
     "ACTIVATIONS",
@@ -17,7 +19,9 @@ __all__ = [
     "Spec",
     "StackedLinear",
     "StackedMLP",
+    "SubspaceStitchUnit",
     "TaskHeads",
+    "TiedMLP",
     "einsum_specs",
     "make_activation",
     "mix_experts",
