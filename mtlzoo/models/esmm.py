@@ -96,8 +96,8 @@ class ESMM(MultiTaskModel):
         if tasks is None:
             return super().forward(x)
         requested = [self.task_names[t] for t in self._task_ids(tasks)]
-        last = max((self.funnel.index(name) for name in requested if name in self.funnel),
-                   default=0)
+        stages = [self.funnel.index(name) for name in requested if name in self.funnel]
+        last = max(stages) if stages else 0  # (no max(default=): torch.compile refuses it)
         needed = requested + [name for name in self.funnel[:last] if name not in requested]
         out = super().forward(x, needed)
         return ModelOutput({name: out.logits[name] for name in requested}, out.gate_weights,
