@@ -28,8 +28,8 @@ class L2Constrained(MultiTaskModel):
 
     ``penalty`` is MMoE's alpha in ``alpha |theta_1 - theta_2|^2`` (Duong et al.'s lambda);
     both papers tune it. 0 gives independent columns (single-task); a large one pulls the
-    columns towards one shared bottom. With ``tasks=`` only the selected columns run; the
-    penalty always covers all of them.
+    columns towards one shared bottom (with 0, ``aux_loss`` is a plain zero, no graph). With
+    ``tasks=`` only the selected columns run; the penalty always covers all of them.
     """
 
     def __init__(
@@ -51,6 +51,8 @@ class L2Constrained(MultiTaskModel):
 
     def represent(
         self, x: Tensor, task_ids: Sequence[int] | None
-    ) -> tuple[Tensor, dict, Tensor]:
-        distance = self.columns.pairwise_squared_distance()
-        return self.columns(x, task_ids), {}, self.penalty * distance
+    ) -> tuple[Tensor, dict] | tuple[Tensor, dict, Tensor]:
+        reps = self.columns(x, task_ids)
+        if self.penalty == 0:  # no aux_loss graph at all (DDP trains that)
+            return reps, {}
+        return reps, {}, self.penalty * self.columns.pairwise_squared_distance()
