@@ -25,6 +25,7 @@ from mtlzoo.layers import (
     SubspaceStitchUnit,
     TiedMLP,
 )
+from mtlzoo.layers.topk import NoisyTopKGates, TopKRouting
 
 
 def _linear(stacked: StackedLinear, g: int) -> nn.Linear:
@@ -116,6 +117,71 @@ class LoopGates(nn.Module):
         probs = torch.softmax(self.linears[g](x_g), dim=-1)
         weight = probs.new_zeros(len(probs), self.num_experts)
         return weight.index_copy(1, self.expert_index[g], probs)
+
+
+class LoopTopKGates(nn.Module):
+    """Noisy top-k gates one gate at a time, each from its own ``nn.Linear`` (clean and noise
+    logits), the load estimate's threshold found expert by expert (the k-th largest of the
+    other noisy logits); ``mix`` runs every expert dense, one at a time, and masks: the
+    weights are zero outside the chosen. The noise is drawn as one (b, g, a) tensor, the
+    batched gates' draw, so both see the same noise."""
+
+    def __init__(self, gates: NoisyTopKGates) -> None:
+        super().__init__()
+        self.num_experts, self.top_k, self.noise = gates.num_experts, gates.top_k, gates.noise
+        self.importance_weight, self.load_weight = gates.importance_weight, gates.load_weight
+        self.register_buffer("expert_index", gates.expert_index.clone(), persistent=False)
+        self.linears = nn.ModuleList(_linear(gates.logits, g) for g in range(gates.num_gates))
+        self.train(gates.training)  # noise in training mode only, as the gates it copies
+
+    def forward(self, x: Tensor, index: Sequence[int] | None = None) -> TopKRouting:
+        groups = range(len(self.linears)) if index is None else index
+        allowed, k = self.expert_index.shape[1], self.top_k
+        noisy = self.noise and self.training
+        draws = None
+        if noisy:
+            draws = torch.randn(x.shape[0], len(groups), allowed, dtype=x.dtype, device=x.device)
+        weights, experts, expert_weights, aux_loss = [], [], [], x.new_zeros(())
+        for i, (g, x_g) in enumerate(zip(groups, _group_inputs(x, groups), strict=True)):
+            raw = self.linears[g](x_g)
+            clean, logits = raw[:, :allowed], raw[:, :allowed]
+            if noisy:
+                scale = nn.functional.softplus(raw[:, allowed:])
+                logits = clean + draws[:, i] * scale
+            values, positions = logits.topk(k, dim=1)
+            probs = torch.softmax(values, dim=1)
+            chosen = self.expert_index[g][positions]
+            weights.append(probs.new_zeros(len(probs), self.num_experts).scatter(1, chosen, probs))
+            experts.append(chosen)
+            expert_weights.append(probs)
+            importance = probs.new_zeros(clean.shape).scatter(1, positions, probs).sum(0)
+            if noisy and k < allowed:
+                load = []
+                for j in range(allowed):
+                    others = torch.cat([logits[:, :j], logits[:, j + 1:]], dim=1)
+                    kth_other = others.topk(k, dim=1).values[:, -1]
+                    load.append(torch.special.ndtr((clean[:, j] - kth_other) / scale[:, j]).sum())
+                load = torch.stack(load)
+            else:
+                load = probs.new_zeros(clean.shape).scatter(1, positions, 1.0).sum(0)
+            aux_loss = (aux_loss + self.importance_weight * _cv_squared(importance)
+                        + self.load_weight * _cv_squared(load))
+        return TopKRouting(torch.stack(weights, dim=1), torch.stack(experts, dim=1),
+                           torch.stack(expert_weights, dim=1), aux_loss)
+
+    @staticmethod
+    def mix(routing: TopKRouting, mlps: Sequence[nn.Module], inputs: Sequence[Tensor]) -> Tensor:
+        """Every expert of every MLP run dense, then each gate's masked mixture, one bmm each."""
+        dense = torch.cat([mlp(x) for mlp, x in zip(mlps, inputs, strict=True)], dim=1)
+        mixed = [torch.bmm(routing.weights[:, g].unsqueeze(1), dense)[:, 0]
+                 for g in range(routing.weights.shape[1])]
+        return torch.stack(mixed, dim=1)
+
+
+def _cv_squared(values: Tensor) -> Tensor:
+    """Population variance over the squared mean (1e-10 added), of a 1-d tensor."""
+    mean = values.sum() / len(values)
+    return ((values - mean) ** 2).sum() / len(values) / (mean**2 + 1e-10)
 
 
 class LoopCrossStitch(nn.Module):
@@ -219,6 +285,7 @@ _LOOP_VERSIONS: dict[type[nn.Module], type[nn.Module]] = {
     StackedMLP: LoopMLP,
     StackedLinear: LoopLinear,
     SoftmaxGates: LoopGates,
+    NoisyTopKGates: LoopTopKGates,
     CrossStitchUnit: LoopCrossStitch,
     TiedMLP: LoopTiedMLP,
     SubspaceStitchUnit: LoopSubspaceStitch,

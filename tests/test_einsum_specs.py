@@ -38,6 +38,7 @@ from mtlzoo.layers import (
     run_jointly,
 )
 from mtlzoo.layers.axes import einsum_specs
+from mtlzoo.layers.topk import NoisyTopKGates, sparse_mixture
 
 TOL = 1e-10
 KERNELS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "kernels.md"
@@ -288,6 +289,55 @@ def case_task_heads(ein: Einsum) -> None:
                 close(logits[task.name], out[:, i, : task.out_features])
 
 
+def case_noisy_topk_gates(ein: Einsum) -> None:
+    g, e, a = SIZES["g"], SIZES["e"], SIZES["a"]
+    allowed = torch.rand(g, e).argsort(dim=1)[:, :a]
+    masked = torch.zeros(g, e, dtype=torch.bool).scatter(1, allowed, True)
+    for mask, top_k in ((None, 3), (masked, 1)):
+        ids = torch.arange(e).expand(g, e) if mask is None else masked.nonzero()[:, 1].view(g, a)
+        width = e if mask is None else a
+        gates = NoisyTopKGates(g, SIZES["d"], e, top_k, mask).train()
+        for index in (None, INDEX):
+            rows = slice(None) if index is None else index
+            clean_w, noise_w = gates.logits.weight[rows].split(width, dim=-1)
+            for x, pattern in ((randn("b", "d"), "b d, g d a -> b g a"),
+                               (randn("b", "g", "d", g=len(clean_w)), "b g d, g d a -> b g a")):
+                torch.manual_seed(1)
+                routing = gates(x, index)
+                torch.manual_seed(1)
+                noise = torch.randn(x.shape[0], len(clean_w), width)
+                logits = (ein(pattern, x, clean_w)
+                          + noise * nn.functional.softplus(ein(pattern, x, noise_w)))
+                values, positions = logits.topk(top_k, dim=-1)
+                chosen = ids[rows].expand(x.shape[0], -1, -1).gather(-1, positions)
+                weights = torch.zeros(x.shape[0], len(clean_w), e).scatter(
+                    -1, chosen, torch.softmax(values, dim=-1))
+                close(routing.weights, weights)
+                assert torch.equal(routing.experts, chosen)
+
+
+def case_sparse_mixture(ein: Einsum) -> None:
+    b, g, e, d, h = SIZES["b"], SIZES["g"], SIZES["e"], SIZES["d"], SIZES["h"]
+    experts = torch.rand(b, g, e).argsort(dim=-1)[..., :3]  # 3 distinct experts a (row, gate)
+    expert_weights = torch.softmax(torch.randn(b, g, 3), dim=-1)
+    weights = torch.zeros(b, g, e).scatter(-1, experts, expert_weights)
+    mlps = [StackedMLP(groups, d, (h, 12), activation="tanh") for groups in (e, 4, e - 4)]
+
+    def dense(mlp, x):
+        (w1, b1), (w2, b2) = ((layer.weight, layer.bias) for layer in mlp.layers)
+        first = "b d, e d h -> b e h" if x.dim() == 2 else "b e d, e d h -> b e h"
+        hidden = torch.tanh(ein(first, x, w1) + b1)
+        return torch.tanh(ein("b e d, e d h -> b e h", hidden, w2) + b2)
+
+    shared, per_expert = randn("b", "d"), randn("b", "e", "d")
+    for runs in ([(mlps[0], shared)], [(mlps[0], per_expert)],
+                 [(mlps[1], shared), (mlps[2], randn("b", "e", "d", e=e - 4))]):
+        outputs = torch.cat([dense(mlp, x) for mlp, x in runs], dim=1)
+        mlp_list, inputs = zip(*runs, strict=True)
+        close(sparse_mixture(experts, expert_weights, mlp_list, inputs),
+              ein("b g e, b e h -> b g h", weights, outputs))
+
+
 CASES: dict[object, tuple[Callable[[Einsum], None], tuple[str, ...]]] = {
     StackedLinear: (case_stacked_linear, ()),
     StackedMLP: (case_stacked_mlp, ()),
@@ -296,6 +346,8 @@ CASES: dict[object, tuple[Callable[[Einsum], None], tuple[str, ...]]] = {
     mix_experts: (case_mix_experts, ()),
     CrossStitchUnit: (case_cross_stitch, ("s", "t")),  # alpha is (T, T): s and t are both T
     TaskHeads: (case_task_heads, ()),
+    NoisyTopKGates: (case_noisy_topk_gates, ()),
+    sparse_mixture: (case_sparse_mixture, ()),
     SubspaceStitchUnit: (case_subspace_stitch, ("s", "t")),  # alpha is (T*m, T*m)
     TiedMLP: (case_tied_mlp, ("s", "t")),  # a Gram matrix of the columns: s and t are both T
     DSelectGates: (case_dselect_gates, ()),

@@ -9,12 +9,14 @@ from mtlzoo.layers.heads import TaskHeads
 from mtlzoo.layers.sluice import SubspaceStitchUnit
 from mtlzoo.layers.stacked import StackedLinear, StackedMLP, run_jointly
 from mtlzoo.layers.tied import TiedMLP
+from mtlzoo.layers.topk import NoisyTopKGates, TopKRouting, sparse_mixture
 
 __all__ = [
     "ACTIVATIONS",
     "AXES",
     "CrossStitchUnit",
     "DSelectGates",
+    "NoisyTopKGates",
     "SoftmaxGates",
     "Spec",
     "StackedLinear",
@@ -22,8 +24,10 @@ __all__ = [
     "SubspaceStitchUnit",
     "TaskHeads",
     "TiedMLP",
+    "TopKRouting",
     "einsum_specs",
     "make_activation",
     "mix_experts",
     "run_jointly",
+    "sparse_mixture",
 ]

@@ -15,8 +15,11 @@ from mtlzoo import _checks
 from mtlzoo._registry import register_model
 from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads
 from mtlzoo.layers.activations import Activation
+from mtlzoo.layers.topk import NoisyTopKGates
 from mtlzoo.models.base import MultiTaskModel
 from mtlzoo.tasks import Task
+
+GATES = ("softmax", "topk")
 
 
 @register_model("mmoe")
@@ -39,16 +42,30 @@ class MMoE(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        gate: str = "softmax",
+        top_k: int = 2,
+        gate_noise: bool = True,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         num_experts = _checks.positive_int("num_experts", num_experts)
         expert_dims = _checks.layer_dims("expert_dims", expert_dims)
         self.experts = StackedMLP(num_experts, in_features, expert_dims, activation, dropout)
         num_gates = 1 if self.one_gate else len(self.tasks)
-        self.gates = SoftmaxGates(num_gates, in_features, num_experts)
+        self.gate = _checks.choice("gate", gate, GATES)
+        if gate == "topk":
+            self.gates = NoisyTopKGates(num_gates, in_features, num_experts, top_k,
+                                        noise=gate_noise)
+        else:
+            self.gates = SoftmaxGates(num_gates, in_features, num_experts)
         self.heads = TaskHeads(self.tasks, expert_dims[-1], tower_dims, activation, dropout)
 
-    def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
+    def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple:
+        if self.gate == "topk":  # only the chosen experts run, for the rows that chose them
+            routing = self.gates(x, None if self.one_gate else task_ids)
+            mixed = self.gates.mix(routing, [self.experts], [x])
+            if self.one_gate:
+                mixed = mixed.expand(-1, self.num_selected(task_ids), -1)
+            return mixed, {"gates": routing.weights}, routing.aux_loss
         experts = self.experts(x)
         if self.one_gate:
             mixed, weights = self.gates(x, experts)

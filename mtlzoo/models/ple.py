@@ -7,6 +7,7 @@ Tang, Liu, Zhao, Gong, "Progressive Layered Extraction (PLE): A Novel Multi-Task
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,9 @@ from mtlzoo._registry import register_model
 from mtlzoo.errors import MtlzooError
 from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads, run_jointly
 from mtlzoo.layers.activations import Activation
+from mtlzoo.layers.topk import NoisyTopKGates
 from mtlzoo.models.base import MultiTaskModel
+from mtlzoo.models.mmoe import GATES
 from mtlzoo.tasks import Task
 
 
@@ -42,6 +45,9 @@ class ExtractionNetwork(nn.Module):
         dropout: float,
         *,
         last: bool,
+        gate: str = "softmax",
+        top_k: int = 2,
+        gate_noise: bool = True,
     ) -> None:
         super().__init__()
         self.num_task_experts = num_task_experts
@@ -58,14 +64,19 @@ class ExtractionNetwork(nn.Module):
         expert_ids = torch.arange(num_experts)
         owner = torch.div(expert_ids, max(num_task_experts, 1), rounding_mode="floor")
         mask = (owner == torch.arange(num_tasks)[:, None]) | (expert_ids >= task_total)
-        self.task_gates = SoftmaxGates(num_tasks, in_features, num_experts, mask)
+        self.sparse = _checks.choice("gate", gate, GATES) == "topk"
+        gates = (partial(NoisyTopKGates, top_k=top_k, noise=gate_noise) if self.sparse
+                 else SoftmaxGates)
+        self.task_gates = gates(num_tasks, in_features, num_experts, mask=mask)
         # the shared output feeds the next level's shared experts: none there, no shared gate
         has_next_shared = not last and num_shared_experts > 0
-        self.shared_gate = SoftmaxGates(1, in_features, num_experts) if has_next_shared else None
+        self.shared_gate = gates(1, in_features, num_experts) if has_next_shared else None
 
     def forward(
         self, task_in: Tensor | None, shared_in: Tensor, task_ids: Sequence[int] | None = None
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
+    ) -> tuple[Tensor, Tensor | None, Tensor] | tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        if self.sparse:
+            return self._sparse_forward(task_in, shared_in, task_ids)
         if task_in is None:  # the first level: every expert reads x, one matmul a layer
             experts = run_jointly([m for m in (self.task_experts, self.shared_experts) if m],
                                   shared_in)
@@ -90,6 +101,28 @@ class ExtractionNetwork(nn.Module):
                              self.shared_gate.weights(shared_in)], dim=1)
         mixed = self.task_gates.mix(weights, experts)
         return mixed[:, :-1], mixed[:, -1], weights
+
+    def _sparse_forward(
+        self, task_in: Tensor | None, shared_in: Tensor, task_ids: Sequence[int] | None
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """Top-k gates route first; then only the chosen (row, expert) pairs run (task
+        experts reading their task's input), one padded bmm a layer per StackedMLP. Returns
+        forward's three values and the gates' load-balancing loss."""
+        gate_in = shared_in
+        if task_in is not None:
+            gate_in = task_in if task_ids is None else task_in[:, task_ids]
+        routing = self.task_gates(gate_in, task_ids)
+        if self.shared_gate is not None:
+            routing = routing.concat(self.shared_gate(shared_in))
+        task_experts_in = (shared_in if task_in is None
+                           else task_in.repeat_interleave(self.num_task_experts, dim=1))
+        mlps, inputs = zip(*[(mlp, x) for mlp, x in ((self.task_experts, task_experts_in),
+                                                     (self.shared_experts, shared_in))
+                             if mlp is not None], strict=True)
+        mixed = self.task_gates.mix(routing, mlps, inputs)
+        if self.shared_gate is None:
+            return mixed, None, routing.weights, routing.aux_loss
+        return mixed[:, :-1], mixed[:, -1], routing.weights, routing.aux_loss
 
 
 @register_model("ple")
@@ -116,6 +149,9 @@ class PLE(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        gate: str = "softmax",
+        top_k: int = 2,
+        gate_noise: bool = True,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         num_levels = _checks.positive_int("num_levels", num_levels)
@@ -131,17 +167,22 @@ class PLE(MultiTaskModel):
             ExtractionNetwork(
                 len(self.tasks), in_features if k == 0 else width, num_shared, num_own,
                 expert_dims, activation, dropout, last=k == num_levels - 1,
+                gate=gate, top_k=top_k, gate_noise=gate_noise,
             )
             for k in range(num_levels)
         )
         self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout)
 
-    def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
-        task_in, shared_in, gate_weights = None, x, {}
+    def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple:
+        task_in, shared_in, gate_weights, aux_losses = None, x, {}, []
         last = len(self.levels) - 1
         for k, level in enumerate(self.levels):
-            task_in, shared_in, weights = level(task_in, shared_in, task_ids if k == last else None)
+            task_in, shared_in, weights, *aux_loss = level(task_in, shared_in,
+                                                           task_ids if k == last else None)
             gate_weights[f"level{k + 1}"] = weights
+            aux_losses += aux_loss  # top-k gates' load-balancing loss
+        if aux_losses:
+            return task_in, gate_weights, torch.stack(aux_losses).sum()
         return task_in, gate_weights
 
 
@@ -163,10 +204,13 @@ class CGC(PLE):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        gate: str = "softmax",
+        top_k: int = 2,
+        gate_noise: bool = True,
     ) -> None:
         super().__init__(
             in_features=in_features, tasks=tasks, num_levels=1,
             num_shared_experts=num_shared_experts, num_task_experts=num_task_experts,
             expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout,
-            activation=activation,
+            activation=activation, gate=gate, top_k=top_k, gate_noise=gate_noise,
         )
