@@ -22,12 +22,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.utils._pytree import tree_leaves, tree_map
 
 from mtlzoo.errors import MtlzooError
 from mtlzoo.models.base import MultiTaskModel
 
 ONNX_INSTALL = "pip install 'mtlzoo[onnx]'"
+DATA_DEPENDENT = (" (a size or a branch depends on the input's values, as top-k expert dispatch "
+                  "does: a program cannot hold that)")
 
 
 class _Logits(nn.Module):
@@ -53,8 +56,9 @@ def export(
     ``example_inputs``: one batch of at least 2 rows, as the model takes it (torch
     specializes sizes 0 and 1); strings are not exportable: tokenize them first
     (``encoder.tokenizer.encode(texts)``). The model is traced in eval mode and left in the
-    mode it was in. What torch cannot trace with a symbolic batch is refused with
-    ``MtlzooError`` naming the model (and its encoder) and torch's reason.
+    mode it was in. What torch cannot trace with a symbolic batch (a size that depends on the
+    input's values, as top-k expert dispatch has) is refused with ``MtlzooError`` naming the
+    model (and its encoder) and torch's reason.
     """
     wrapper = _wrapper(model, example_inputs, tasks)
     batch = Dim("batch")
@@ -64,9 +68,10 @@ def export(
     try:
         return torch.export.export(wrapper, (example_inputs,), dynamic_shapes=(dynamic,))
     except Exception as error:
+        hint = (DATA_DEPENDENT if isinstance(error, GuardOnDataDependentSymNode) else "")
         raise MtlzooError(
             f"{_describe(model)} cannot be exported with a dynamic batch: "
-            f"{type(error).__name__}: {_first_line(error)}"
+            f"{type(error).__name__}: {_first_line(error)}{hint}"
         ) from error
     finally:
         model.train(training)

@@ -156,7 +156,8 @@ class ReadsAValue(torch.nn.Module):
 
 def test_what_torch_cannot_trace_is_refused_naming_the_model():
     model = build("shared_bottom").set_encoder(ReadsAValue())
-    with pytest.raises(MtlzooError, match="SharedBottom on ReadsAValue cannot be exported"):
+    with pytest.raises(MtlzooError, match=r"SharedBottom on ReadsAValue cannot be exported.*"
+                                          r"depends on the input's values"):
         mtlzoo.export(model, features(4))
 
 
