@@ -148,6 +148,23 @@ def test_sluice_with_one_subspace_and_the_last_layer_is_cross_stitch():
     assert sluice(x).aux_loss == 0  # one subspace: no pair to keep orthogonal
 
 
+def test_sluice_representation_mixes_every_stitched_layer_by_its_betas():
+    model = create("sluice", column_dims=(6, 6, 6), num_subspaces=3)
+    with torch.no_grad():  # not the initial 0.9 on the last layer
+        model.betas.copy_(torch.randn_like(model.betas))
+        for stitch in model.stitches:
+            stitch.alpha.copy_(torch.randn_like(stitch.alpha))
+    x = torch.randn(5, IN_FEATURES)
+    h, expected = x, 0
+    for depth in range(3):
+        h = model.stitches[depth](model.layers[depth](h))
+        expected = expected + model.betas[depth][None, :, None] * h
+    reps, _, _ = model.represent(x, None)
+    torch.testing.assert_close(reps, expected, rtol=0, atol=ATOL)
+    torch.testing.assert_close(model.represent(x, [2, 0])[0], expected[:, [2, 0]],
+                               rtol=0, atol=ATOL)
+
+
 def test_subspace_overlap_by_hand():
     # one task, two subspaces of width 2: G1 = [[1, 0], [0, 1]], G2 = [[1, 2], [3, 0]]
     h = torch.tensor([[1.0, 0.0, 1.0, 2.0], [0.0, 1.0, 3.0, 0.0]]).view(2, 1, 4)
