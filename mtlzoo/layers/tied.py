@@ -31,8 +31,7 @@ class TiedMLP(StackedMLP):
     Its meaning is the Gram matrix ``"s d h, t d h -> s t"`` of each layer's weights (the
     bias as one more row of d): the sum over pairs is ``T tr(G) - sum(G)``. It is computed
     as ``T * sum_g |W_g - mean_g W|^2``, the same number without the cancellation of the Gram
-    form and without a Python loop over pairs. One column gives 0 (a tensor; with no layers,
-    the int 0).
+    form and without a Python loop over pairs. One column, or no layer, gives 0.
     """
 
     def pairwise_squared_distance(self) -> Tensor:
