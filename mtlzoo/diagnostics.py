@@ -123,14 +123,15 @@ class GateSums:
         selected = self.tasks if selected is None else list(selected)
         for gate, weights in gate_weights.items():
             weights = _checked(weights, f"gate_weights[{gate!r}]").detach().double()
-            if not len(weights):
+            count = len(weights)  # the means times the rows: sums over the forwards
+            if not count:
                 continue
-            top = torch.nn.functional.one_hot(weights.argmax(dim=-1), weights.shape[-1])
-            entropy = torch.special.entr(weights).sum(dim=-1).sum(dim=0).cpu()
-            load, top = weights.sum(dim=0).cpu(), top.sum(dim=0).double().cpu()
+            entropy = gate_entropy(weights).mul(count).cpu()
+            load = expert_load(weights).mul(count).cpu()
+            top = top_expert_share(weights).mul(count).cpu()
             for index, row in enumerate(gate_rows(weights.shape[1], selected, self.tasks, gate)):
                 kept = self.sums.setdefault((gate, row), [0, 0.0, 0.0, 0.0])
-                kept[0] += len(weights)
+                kept[0] += count
                 kept[1] += entropy[index]
                 kept[2] += load[index]
                 kept[3] += top[index]
@@ -157,9 +158,8 @@ def collapsed_gates(row: Mapping[str, float], max_load: float = COLLAPSE_LOAD) -
     (in (0, 1]) of their load, in a mapping of ``gate_statistics``' columns (a row of
     ``trainer.diagnostics`` too). Gates that give weight to fewer than two experts have no
     choice to collapse and are left out, as are ``TRANSFER_GATES``."""
-    _checks.in_range("max_load", max_load, 0, 1)
-    if max_load == 0:
-        raise MtlzooError("max_load must be a number in (0, 1], got 0")
+    if not (_checks.is_real(max_load) and 0 < max_load <= 1):
+        raise MtlzooError(f"max_load must be a number in (0, 1], got {max_load!r}")
     loads: dict[str, list[float]] = {}
     for column, value in row.items():
         if isinstance(column, str) and column.startswith("expert load/"):
