@@ -161,6 +161,12 @@ def test_what_torch_cannot_trace_is_refused_naming_the_model():
         mtlzoo.export(model, features(4))
 
 
+def test_top_k_dispatch_is_refused():
+    """Each expert runs on the rows that chose it: sizes that the data decide."""
+    with pytest.raises(MtlzooError, match=r"MMoE cannot be exported.*input's values"):
+        mtlzoo.export(build("mmoe", gate="topk"), features(4))
+
+
 def test_the_onnx_program_equals_eager_on_new_batch_sizes(tmp_path):
     """One model on the tabular encoder (a dict of integer and float columns): exporting to
     ONNX takes several seconds a model."""
