@@ -197,6 +197,24 @@ def test_training_with_diagnostics_equals_training_without(name, weighting, regi
     assert plain.diagnostics.empty and logged.diagnostics.step.tolist() == [2, 4, 6]
 
 
+def test_a_logged_step_hands_the_optimizer_the_gradients_of_a_step_that_is_not():
+    seen = {}
+    for every in (None, 1):
+        torch.manual_seed(0)
+        trainer = mtlzoo.Trainer(build("ple", dropout=0.1), batch_size=16, progress=False,
+                                 diagnostics_every=every)
+        step, params = trainer.optimizer.step, list(trainer.model.parameters())
+
+        def recording_step(step=step, params=params, every=every):
+            seen.setdefault(every, []).append([p.grad.clone() for p in params])
+            step()
+
+        trainer.optimizer.step = recording_step
+        trainer.fit(_joint_data(), steps=2)
+    for plain, logged in zip(seen[None], seen[1], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(plain, logged, strict=True))
+
+
 def test_the_diagnostics_frame_has_a_row_per_logged_step_and_its_columns():
     frame = _train("ple", steps=7, diagnostics_every=3).diagnostics
     assert frame.step.tolist() == [3, 6] and frame.epoch.tolist() == [1, 2]
