@@ -88,7 +88,8 @@ def export_onnx(
     (``torch.onnx.export(..., dynamo=True)``; the ``mtlzoo[onnx]`` extra) and return the path.
 
     Its inputs are named ``"inputs"`` for a tensor, after the columns for a dict (in the
-    example's key order); its outputs after the tasks, each (b, out_features) with b symbolic.
+    example's key order); its outputs after the tasks, each (batch, out_features), the axis
+    ``"batch"`` symbolic.
     """
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
@@ -100,8 +101,10 @@ def export_onnx(
     output_names = (list(model.task_names) if tasks is None
                     else [tasks] if isinstance(tasks, str) else list(tasks))
     try:
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=input_names,
-                                         output_names=output_names, verbose=False)
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, input_names=input_names, output_names=output_names,
+            dynamic_shapes=(tree_map(lambda tensor: {0: "batch"}, example_inputs),),  # names
+            verbose=False)
     except Exception as error:
         raise MtlzooError(
             f"{_describe(model)} cannot be exported to ONNX: "

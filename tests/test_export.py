@@ -175,8 +175,10 @@ def test_the_onnx_program_equals_eager_on_new_batch_sizes(tmp_path):
     model = on_encoder("tabular")
     path = mtlzoo.export_onnx(model, tabular_batch(EXPORT_ROWS), tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [node.name for node in session.get_inputs()] == ["categorical", "numeric"]
-    assert [node.name for node in session.get_outputs()] == list(model.task_names)
+    assert [(node.name, node.shape) for node in session.get_inputs()] == [
+        ("categorical", ["batch", 3]), ("numeric", ["batch", 2])]
+    assert [(node.name, node.shape) for node in session.get_outputs()] == [
+        ("a", ["batch", 1]), ("b", ["batch", 4])]
     model.eval()
     for rows in NEW_ROWS:
         batch = tabular_batch(rows)
