@@ -299,3 +299,38 @@ def test_topk_models_under_bf16_autocast_in_eval(name):
     for key, logits in model(x).logits.items():
         assert low.logits[key].dtype == torch.bfloat16
         torch.testing.assert_close(low.logits[key].float(), logits, atol=2e-2, rtol=2e-2)
+
+
+# ---- the speed harness (mtlzoo.bench.topk_speed), on a tiny size in this process ---------------
+
+def test_topk_speed_benchmark_writes_its_tables(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mtlzoo.bench import topk_speed
+
+    monkeypatch.setattr(topk_speed, "in_fresh_process", lambda function, *args: function(*args))
+    tiny = topk_speed.Size(batch_size=16, in_features=8, expert_width=8, tower_width=4)
+    previous = torch.get_num_threads()
+    try:
+        result = topk_speed.benchmark(tmp_path, processes=2, repeats=1, warmup=1,
+                                      experts=[4, 8], size=tiny, threads=[1])
+    finally:
+        torch.set_num_threads(previous)
+    table = pd.read_csv(tmp_path / "topk_speed.csv")
+    assert list(table.columns) == topk_speed.COLUMNS
+    assert table.E.tolist() == [4, 8] and table.processes.tolist() == [2, 2]
+    assert (table.rows_run <= 1).all() and (table.speedup > 0).all()
+    eight = table[table.E == 8].iloc[0]
+    assert eight.topk_gflop < eight.dense_gflop  # 2 gates x top 2 of 8: fewer rows run
+    assert len(pd.read_csv(tmp_path / "topk_speed_runs.csv")) == 4
+    assert "load average (1, 5, 15 min) before / after the run" in result.markdown
+    assert result.report == tmp_path / "topk_speed.md"
+
+
+def test_topk_speed_models_share_the_dense_weights():
+    from mtlzoo.bench import topk_speed
+
+    dense, topk = topk_speed.models(6, topk_speed.Size(in_features=8, expert_width=8))
+    assert torch.equal(topk.experts.layers[0].weight, dense.experts.layers[0].weight)
+    assert torch.equal(topk.gates.logits.weight[..., :6], dense.gates.logits.weight)
+    assert torch.equal(topk.heads.output.weight, dense.heads.output.weight)
