@@ -160,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--rows", type=_positive_int,
                          help="synthetic: rows per point (quick looks)")
     quality.add_argument("--epochs", type=_positive_int, help="synthetic: epochs (quick looks)")
-    quality.add_argument("--seeds", type=_positive_int, help="synthetic: seeds (quick looks)")
+    quality.add_argument("--seeds", type=_positive_int,
+                         help="seeds 0..N-1 (synthetic: quick looks; census: instead of the "
+                              "size's count)")
     quality.add_argument("--workers", type=_positive_int,
                          help="synthetic: grid points trained at once, one process each "
                               "(default: the size's; demo 2)")
@@ -171,9 +173,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     quality.add_argument("--census-path", help="census: a folder with the CSV files")
     quality.add_argument(
-        "--peers", action="store_true",
+        "--peers", nargs="?", const="torch-rechub,deepctr-torch", metavar="NAMES",
         help="census: also torch-rechub's and DeepCTR-Torch's MMoE, PLE and shared-bottom, "
-             "same data, budget and evaluation (needs pip install 'mtlzoo[peers]')",
+             "same data, budget and evaluation (needs pip install 'mtlzoo[peers]'); "
+             "NAMES (comma-separated) runs only those peers",
+    )
+    quality.add_argument(
+        "--models", metavar="NAMES",
+        help="census: comma-separated architectures of the suite to run (default all; the "
+             "peers run the families among them)",
+    )
+    quality.add_argument(
+        "--norm", choices=("batch", "layer"),
+        help="census: build our models with norm= this (batch or layer normalisation in "
+             "every MLP layer); the tables are quality_census_norm_<norm>_<size>*",
     )
     quality.add_argument(
         "--weightings", default="equal", type=_weightings,
@@ -413,6 +426,11 @@ def _metrics_table(table) -> str:
     return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names, blanks dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _weightings(text: str) -> tuple[str, ...]:
     from mtlzoo.bench.suite import check_weightings
 
@@ -457,6 +475,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             if args.peers:
                 raise mtlzoo.MtlzooError("--peers is for --suite census (the peers' speed: "
                                          "mtlzoo bench speed --peers)")
+            if args.norm or args.models:
+                raise mtlzoo.MtlzooError("--norm and --models are for --suite census")
             from mtlzoo.bench import synthetic
 
             if args.check_budget:
@@ -473,9 +493,12 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         else:
             from mtlzoo.bench import census
 
-            result = census.run_suite(args.size, out=out, path=args.census_path,
-                                      progress=not args.quiet, command=command,
-                                      weightings=args.weightings, peers=args.peers)
+            result = census.run_suite(
+                args.size, out=out, path=args.census_path, progress=not args.quiet,
+                command=command, weightings=args.weightings,
+                peers=_names(args.peers) if args.peers else False,
+                models=_names(args.models) if args.models else census.MODELS,
+                seeds=args.seeds, norm=args.norm)
         print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0

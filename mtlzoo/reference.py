@@ -40,6 +40,25 @@ def _linear(stacked: StackedLinear, g: int) -> nn.Linear:
     return linear
 
 
+def _norm(stacked: StackedMLP, depth: int, g: int) -> list[nn.Module]:
+    """Group g's normalisation of layer ``depth`` of a StackedMLP, as an ``nn.BatchNorm1d``
+    or ``nn.LayerNorm`` with copied parameters and running statistics (none without a
+    norm)."""
+    if stacked.norms is None:
+        return []
+    source = stacked.norms[depth]
+    features = source.weight.shape[1]
+    norm = nn.BatchNorm1d(features) if stacked.norm == "batch" else nn.LayerNorm(features)
+    norm = norm.to(source.weight.device, source.weight.dtype)
+    with torch.no_grad():
+        norm.weight.copy_(source.weight[g])
+        norm.bias.copy_(source.bias[g])
+        if stacked.norm == "batch":
+            norm.running_mean.copy_(source.running_mean[g])
+            norm.running_var.copy_(source.running_var[g])
+    return [norm]
+
+
 def _group_inputs(x: Tensor, groups: Sequence[int]) -> list[Tensor]:
     """Each selected group's input: the shared (b, d) input, or its own slice of (b, g, d)."""
     return [x] * len(groups) if x.dim() == 2 else [x[:, i] for i in range(len(groups))]
@@ -67,14 +86,16 @@ class LoopLinear(LoopGroups):
 
 
 class LoopMLP(LoopGroups):
-    """One ``nn.Sequential`` MLP per group (the reference for ``StackedMLP``)."""
+    """One ``nn.Sequential`` MLP per group (the reference for ``StackedMLP``): linear, its
+    own ``nn.BatchNorm1d`` / ``nn.LayerNorm`` (with a norm), activation, dropout."""
 
     def __init__(self, stacked: StackedMLP) -> None:
         super().__init__(
             nn.Sequential(*[
                 module
-                for layer in stacked.layers
-                for module in (_linear(layer, g), stacked.activation, stacked.dropout)
+                for depth, layer in enumerate(stacked.layers)
+                for module in (_linear(layer, g), *_norm(stacked, depth, g),
+                               stacked.activation, stacked.dropout)
             ])
             for g in range(stacked.groups)
         )

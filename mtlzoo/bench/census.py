@@ -16,9 +16,19 @@ import pandas as pd
 import torch
 
 import mtlzoo
+from mtlzoo import _checks
 from mtlzoo.bench.grid import run_grid
 from mtlzoo.bench.report import RESULTS, markdown_report, runs_path, stamp, write_result
-from mtlzoo.bench.suite import MODEL_OPTIONS, SuiteResult, check_weightings, grid_points
+from mtlzoo.bench.suite import (
+    MODEL_OPTIONS,
+    MODELS,
+    SuiteResult,
+    check_models,
+    check_weightings,
+    grid_points,
+)
+from mtlzoo.errors import MtlzooError
+from mtlzoo.layers.stacked import NORMS
 
 # MMoE Table 1 (group 1): AUC of the main task and of marital status, best run / mean of 400
 # runs; PLE Table 5 (group 1, one figure per task). MMoE Table 2 (group 2) is not in our
@@ -73,37 +83,61 @@ def fit_and_score(model: mtlzoo.MultiTaskModel, data, weighting: str, seed: int,
 
 def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
               progress: bool = True, command: str | None = None,
-              weightings: Sequence[str] = ("equal",), peers: bool = False) -> SuiteResult:
+              weightings: Sequence[str] = ("equal",), peers: bool | Sequence[str] = False,
+              models: Sequence[str] = MODELS, seeds: int | None = None,
+              norm: str | None = None) -> SuiteResult:
     """Run (or resume) the Census-Income suite; write its tables; return them. With
     ``peers``, also the peers' MMoE, PLE and shared-bottom on the same data, budget, seeds
     and evaluation (:mod:`mtlzoo.bench.peer_census`), written beside ours as
-    ``quality_census_<size>_peers.*``; the peers missing fail before anything runs."""
+    ``quality_census_<size>_peers.*``; ``True`` runs every peer, a sequence of names
+    (``"torch-rechub"``, ``"deepctr-torch"``) those; the peers missing fail before anything
+    runs. ``models`` runs a subset of :data:`~mtlzoo.bench.suite.MODELS` (and of the peers'
+    families), ``seeds`` seeds 0..seeds-1 instead of the size's count. ``norm`` ("batch" or
+    "layer") builds every one of our models with that ``norm=`` option (the peers are as
+    they are); the tables are then ``quality_census_norm_<norm>_<size>[_peers].*``, and the
+    reports say so."""
     from mtlzoo.data import census_income
     from mtlzoo.encoders import TabularEncoder
 
+    models = check_models(models)
+    norm = _checks.choice("norm", norm, NORMS)
+    seeds = CENSUS_SEEDS[size] if seeds is None else _checks.positive_int("seeds", seeds)
     if peers:  # the peers missing fail here, before anything runs
         from mtlzoo.bench import peer_census
         from mtlzoo.bench.peers import FAMILIES, PEERS, require_peers
 
+        peer_names = PEERS if peers is True else tuple(peers)
+        unknown = [name for name in peer_names if name not in PEERS]
+        if unknown or not peer_names:
+            raise MtlzooError(f"unknown peer(s) {unknown or list(peer_names)}; choose from "
+                              f"{list(PEERS)}")
         versions = require_peers()
     command = command or f"mtlzoo.bench.census.run_suite({size!r}, weightings={weightings!r})"
     load = cache(lambda group: census_income(path, task_group=group, seed=0))
     settings = [{"task_group": group, "seed": seed}
-                for group in (1, 2) for seed in range(CENSUS_SEEDS[size])]
+                for group in (1, 2) for seed in range(seeds)]
+    norm_options = {} if norm is None else {"norm": norm}
+    name = f"quality_census_{size}" if norm is None else f"quality_census_norm_{norm}_{size}"
+    norm_about = "" if norm is None else (
+        f" Every one of our models is built with norm={norm!r}: a {norm} normalisation after "
+        "every linear layer of its MLPs (experts, bottom, columns, towers), before the "
+        "activation, as torch-rechub's MLP does with BatchNorm1d."
+    )
 
     def run(point: dict) -> dict:
         data = load(point["task_group"])
         torch.manual_seed(point["seed"])
         encoder = TabularEncoder(data.cardinalities, len(data.numeric_columns), embedding_dim=4)
         model = mtlzoo.create_model(point["model"], tasks=data.tasks, encoder=encoder,
-                                    tower_dims=(8,), **MODEL_OPTIONS[point["model"]])
+                                    tower_dims=(8,), **MODEL_OPTIONS[point["model"]],
+                                    **norm_options)
         return fit_and_score(model, data, point["weighting"], point["seed"])
 
-    stem = out / f"quality_census_{size}"
-    runs = run_grid(grid_points(weightings, settings), run, runs_path(stem),
+    stem = out / name
+    runs = run_grid(grid_points(weightings, settings, models), run, runs_path(stem),
                     progress=progress, description=f"census ({size})", results=RESULTS_COLUMNS)
     summary = summarise(runs)
-    about = ABOUT.format(seeds=CENSUS_SEEDS[size]) + (
+    about = ABOUT.format(seeds=seeds) + norm_about + (
         " `best`: the run with the best main-task AUC (its auxiliary AUC beside it), "
         "`mean`: over seeds. Group 1 has the papers' rows beside ours (MMoE Table 1: best / "
         "mean of 400 runs; PLE Table 5: one figure), with ours minus theirs; MMoE Table 2 "
@@ -113,7 +147,8 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
                                stamp(command, grid=runs.attrs.get("grid")), [about], summary,
                                digits=4)
     result = SuiteResult(summary, [], write_result(stem, summary, markdown))
-    if not peers:
+    families = [family for family in FAMILIES if family in models] if peers else []
+    if not families:
         return result
 
     def run_peer(point: dict) -> dict:
@@ -123,18 +158,18 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
 
     peer_points = [{"implementation": implementation, "model": family, "weighting": weighting,
                     **setting}
-                   for setting in settings for family in FAMILIES
-                   for implementation in PEERS
+                   for setting in settings for family in families
+                   for implementation in peer_names
                    for weighting in check_weightings(weightings)]
-    stem = out / f"quality_census_{size}_peers"
+    stem = out / f"{name}_peers"
     peer_runs = run_grid(peer_points, run_peer, runs_path(stem), progress=progress,
                          description=f"census peers ({size})", results=RESULTS_COLUMNS,
                          notes=("note",))
     ours = runs[runs.model.isin(FAMILIES)].assign(
         implementation="ours", note="")
     table = summarise_peers(pd.concat([ours, peer_runs], ignore_index=True))
-    about = ABOUT.format(seeds=CENSUS_SEEDS[size]) + (
-        " Our MMoE, PLE and shared-bottom (the rows of `quality_census_" + size + ".md`) "
+    about = ABOUT.format(seeds=seeds) + norm_about + (
+        f" Our MMoE, PLE and shared-bottom (the rows of `{name}.md`) "
         "beside torch-rechub's and DeepCTR-Torch's: each peer's architecture behind our "
         "TabularEncoder (the same features and embeddings of width 4), trained by our Trainer "
         "and scored by our evaluation (`mtlzoo.bench.peer_census`: the peers' probabilities "

@@ -64,12 +64,25 @@ def check_weightings(weightings: Sequence[str]) -> tuple[str, ...]:
     return weightings
 
 
-def grid_points(weightings: Sequence[str], settings: Sequence[dict]) -> list[dict]:
-    """Every setting x every model, each model under every weighting but the single-task
-    baseline, which runs once with ``equal``."""
+def check_models(models: Sequence[str]) -> tuple[str, ...]:
+    """The models as a tuple, each one of :data:`MODELS` (the suites' architectures), so
+    that a bad name fails before a grid starts."""
+    models = tuple(models)
+    unknown = [name for name in models if name not in MODELS]
+    if unknown or not models:
+        raise MtlzooError(f"unknown model(s) {unknown or list(models)} for the quality suites; "
+                          f"choose from {list(MODELS)}")
+    return models
+
+
+def grid_points(weightings: Sequence[str], settings: Sequence[dict],
+                models: Sequence[str] = MODELS) -> list[dict]:
+    """Every setting x every model of ``models`` (all of :data:`MODELS` by default), each
+    model under every weighting but the single-task baseline, which runs once with
+    ``equal``."""
     weightings = check_weightings(weightings)
     return [
         {"model": model, "weighting": weighting, **setting}
-        for setting in settings for model in MODELS
+        for setting in settings for model in check_models(models)
         for weighting in (("equal",) if model == "single_task" else weightings)
     ]

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mtlzoo import _checks
 from mtlzoo.layers.activations import Activation
 from mtlzoo.layers.axes import Spec, einsum_specs
-from mtlzoo.layers.stacked import StackedLinear, StackedMLP
+from mtlzoo.layers.stacked import Norm, StackedLinear, StackedMLP
 from mtlzoo.tasks import Task
 
 
@@ -30,6 +30,9 @@ class TaskHeads(nn.Module):
     so a binary task beside a 4-class one owns 3 output columns that never train.
     ``forward(reps (b, t, h), task_ids)`` returns ``{task name: (b, out_features)}`` for the
     tasks in ``task_ids`` (all when None); ``reps`` then holds just those tasks, in that order.
+    ``norm`` (None, "batch" or "layer") normalises every tower layer before its activation
+    (``StackedMLP``'s ``norm``); ``task_ids`` then read and update only those towers'
+    statistics. The output layer has none.
     """
 
     def __init__(
@@ -39,11 +42,12 @@ class TaskHeads(nn.Module):
         tower_dims: Sequence[int] = (),
         activation: Activation = "relu",
         dropout: float = 0.0,
+        norm: Norm = None,
     ) -> None:
         super().__init__()
         self.tasks = tuple(tasks)
         tower_dims = _checks.layer_dims("tower_dims", tower_dims, allow_empty=True)
-        self.towers = StackedMLP(len(tasks), in_features, tower_dims, activation, dropout)
+        self.towers = StackedMLP(len(tasks), in_features, tower_dims, activation, dropout, norm)
         widest = max(task.out_features for task in tasks)
         self.output = StackedLinear(len(tasks), self.towers.out_features, widest)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
@@ -20,6 +21,11 @@ from mtlzoo.layers.activations import Activation, make_activation
 from mtlzoo.layers.axes import Spec, einsum_specs
 
 GroupIndex = Sequence[int] | None
+Norm = str | None
+NORMS: tuple[Norm, ...] = (None, "batch", "layer")
+# nn.BatchNorm1d's and nn.LayerNorm's defaults
+NORM_EPS = 1e-5
+BATCH_NORM_MOMENTUM = 0.1
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -107,6 +113,60 @@ def _stacked_linear(
     )
 
 
+class _StackedBatchNorm(nn.Module):
+    """G ``nn.BatchNorm1d(h)``, one per group, as one ``F.batch_norm`` on (b, g*h): statistics
+    per (group, feature) over the batch, running mean and variance (g, h) updated in train
+    mode (momentum 0.1, eps 1e-5) and read in eval mode, affine weight and bias (g, h).
+    ``index`` (group ids) normalises only those groups, reading and updating only their
+    running statistics."""
+
+    def __init__(self, groups: int, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(groups, features))
+        self.bias = nn.Parameter(torch.zeros(groups, features))
+        self.register_buffer("running_mean", torch.zeros(groups, features))
+        self.register_buffer("running_var", torch.ones(groups, features))
+
+    def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            raise MtlzooError(
+                "norm='batch' needs at least 2 rows a batch in training mode (the batch "
+                "statistics of one row are undefined), got a batch of 1; use model.eval() "
+                "for one row, or norm='layer'"
+            )
+        weight, bias = self.weight, self.bias
+        running_mean, running_var = self.running_mean, self.running_var
+        if index is not None:  # gathered copies: the updates are written back below
+            weight, bias = weight[index], bias[index]
+            running_mean, running_var = running_mean[index], running_var[index]
+        out = F.batch_norm(x.reshape(x.shape[0], -1), running_mean.view(-1),
+                           running_var.view(-1), weight.reshape(-1), bias.reshape(-1),
+                           self.training, BATCH_NORM_MOMENTUM, NORM_EPS)
+        if index is not None and self.training:
+            ids = torch.as_tensor(index, device=x.device)
+            with torch.no_grad():
+                self.running_mean.index_copy_(0, ids, running_mean)
+                self.running_var.index_copy_(0, ids, running_var)
+        return out.view(x.shape)
+
+
+class _StackedLayerNorm(nn.Module):
+    """G ``nn.LayerNorm(h)``, one per group: each (row, group) normalised over h by one
+    ``F.layer_norm`` (eps 1e-5), then the group's affine weight and bias (g, h) in one
+    ``addcmul``. ``index`` (group ids) uses only those groups' weight and bias."""
+
+    def __init__(self, groups: int, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(groups, features))
+        self.bias = nn.Parameter(torch.zeros(groups, features))
+
+    def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
+        weight, bias = self.weight, self.bias
+        if index is not None:
+            weight, bias = weight[index], bias[index]
+        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=NORM_EPS), weight)
+
+
 @einsum_specs(
     Spec("b d, g d h -> b g h", "first layer, x (b, d) read by every group",
          "StackedLinear's mm"),
@@ -115,13 +175,22 @@ def _stacked_linear(
          "StackedLinear's baddbmm"),
 )
 class StackedMLP(nn.Module):
-    """G independent MLPs (linear -> activation -> dropout per layer), one matmul a layer.
+    """G independent MLPs (linear -> [norm ->] activation -> dropout per layer), one matmul
+    a layer.
 
     The first layer reads (b, d) shared by every group, ``"b d, g d h -> b g h"``, or
     (b, g, d), one input per group, ``"b g d, g d h -> b g h"``; every later layer is the
     latter (its d is the previous layer's h). Each adds its bias (g, h) before the activation.
     The output is (b, g, dims[-1]). With no layers the input is returned unchanged.
     One activation module serves every layer and group (a learnable one is shared).
+
+    ``norm`` (None, "batch" or "layer") puts a normalisation between each linear map and its
+    activation, as torch-rechub's MLP does (linear -> norm -> activation -> dropout), one op
+    for all groups: ``"batch"`` is one ``nn.BatchNorm1d(h)`` per group (statistics per group
+    and feature over the batch; running statistics in train mode, used in eval mode; a batch
+    of one row in train mode is an MtlzooError), ``"layer"`` one ``nn.LayerNorm(h)`` per
+    group. Their parameters (and running statistics) are ``norms.<layer>.*``, each (g, h);
+    with None there are none. ``index`` reads and updates only those groups' statistics.
     """
 
     def __init__(
@@ -131,6 +200,7 @@ class StackedMLP(nn.Module):
         dims: Sequence[int],
         activation: Activation = "relu",
         dropout: float = 0.0,
+        norm: Norm = None,
     ) -> None:
         super().__init__()
         widths = (in_features, *_checks.layer_dims("dims", dims, allow_empty=True))
@@ -139,13 +209,22 @@ class StackedMLP(nn.Module):
         self.layers = nn.ModuleList(
             StackedLinear(groups, n_in, n_out) for n_in, n_out in pairwise(widths)
         )
+        self.norm = _checks.choice("norm", norm, NORMS)
+        self.norms: nn.ModuleList | None = None  # no state_dict keys without a norm
+        if norm is not None:
+            stacked_norm = _StackedBatchNorm if norm == "batch" else _StackedLayerNorm
+            self.norms = nn.ModuleList(stacked_norm(groups, width) for width in widths[1:])
         self.activation = make_activation(activation)
         p = _checks.probability("dropout", dropout)
         self.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
 
     def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
-        for layer in self.layers:
-            x = self.dropout(layer(x, index, self.activation))
+        if self.norms is None:
+            for layer in self.layers:
+                x = self.dropout(layer(x, index, self.activation))
+            return x
+        for layer, norm in zip(self.layers, self.norms, strict=True):
+            x = self.dropout(self.activation(norm(layer(x, index), index)))
         return x
 
 
@@ -165,7 +244,8 @@ def run_jointly(mlps: Sequence[StackedMLP], x: Tensor) -> Tensor:
     ``"b d, g d h -> b g h"`` then ``"b g d, g d h -> b g h"`` (PLE's first level: its task
     and shared experts read x; one ``mm``, no ``cat`` of their outputs). Otherwise each runs
     on its own and their outputs are concatenated (so too under FSDP2, whose units hold
-    their parameters sharded until their own forward runs).
+    their parameters sharded until their own forward runs, and with a ``norm``: each MLP
+    then runs one by one, its normalisation and running statistics its own).
     """
     first = mlps[0]
     alike = all(
@@ -176,6 +256,7 @@ def run_jointly(mlps: Sequence[StackedMLP], x: Tensor) -> Tensor:
         == [layer.bias is None for layer in first.layers]
         and repr((mlp.activation, mlp.dropout)) == repr((first.activation, first.dropout))
         and not any(True for _ in mlp.activation.parameters())
+        and mlp.norms is None
         # FSDP2 holds a unit's parameters sharded until the unit's own forward runs
         and not any(isinstance(p, DTensor) for p in mlp.parameters())
         for mlp in mlps

@@ -35,16 +35,17 @@ class CrossStitch(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         widths = (in_features, *_checks.layer_dims("column_dims", column_dims))
         num_tasks = len(self.tasks)
         self.layers = nn.ModuleList(
-            StackedMLP(num_tasks, n_in, (n_out,), activation, dropout)
+            StackedMLP(num_tasks, n_in, (n_out,), activation, dropout, norm)
             for n_in, n_out in pairwise(widths)
         )
         self.stitches = nn.ModuleList(CrossStitchUnit(num_tasks) for _ in widths[1:])
-        self.heads = TaskHeads(self.tasks, widths[-1], tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, widths[-1], tower_dims, activation, dropout, norm)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
         h = x

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from mtlzoo import _checks
 from mtlzoo._registry import register_model
+from mtlzoo.errors import MtlzooError
 from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads
 from mtlzoo.layers.activations import Activation
 from mtlzoo.layers.topk import NoisyTopKGates
@@ -20,6 +21,10 @@ from mtlzoo.models.base import MultiTaskModel
 from mtlzoo.tasks import Task
 
 GATES = ("softmax", "topk")
+# the top-k dispatch runs an expert on the rows routed to it (padded): not the batch's statistics
+NOT_WITH_TOPK = ("norm='batch' does not go with gate='topk': the top-k dispatch runs each expert "
+                 "on the rows routed to it, so its batch statistics would not be the batch's; "
+                 "use norm='layer' or gate='softmax'")
 
 
 @register_model("mmoe")
@@ -42,6 +47,7 @@ class MMoE(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -49,15 +55,19 @@ class MMoE(MultiTaskModel):
         super().__init__(in_features=in_features, tasks=tasks)
         num_experts = _checks.positive_int("num_experts", num_experts)
         expert_dims = _checks.layer_dims("expert_dims", expert_dims)
-        self.experts = StackedMLP(num_experts, in_features, expert_dims, activation, dropout)
+        self.experts = StackedMLP(num_experts, in_features, expert_dims, activation, dropout,
+                                  norm)
         num_gates = 1 if self.one_gate else len(self.tasks)
         self.gate = _checks.choice("gate", gate, GATES)
+        if gate == "topk" and norm == "batch":
+            raise MtlzooError(NOT_WITH_TOPK)
         if gate == "topk":
             self.gates = NoisyTopKGates(num_gates, in_features, num_experts, top_k,
                                         noise=gate_noise)
         else:
             self.gates = SoftmaxGates(num_gates, in_features, num_experts)
-        self.heads = TaskHeads(self.tasks, expert_dims[-1], tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, expert_dims[-1], tower_dims, activation, dropout,
+                               norm)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple:
         if self.gate == "topk":  # only the chosen experts run, for the rows that chose them

@@ -19,7 +19,7 @@ from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads, run_jointly
 from mtlzoo.layers.activations import Activation
 from mtlzoo.layers.topk import NoisyTopKGates
 from mtlzoo.models.base import MultiTaskModel
-from mtlzoo.models.mmoe import GATES
+from mtlzoo.models.mmoe import GATES, NOT_WITH_TOPK
 from mtlzoo.tasks import Task
 
 
@@ -45,6 +45,7 @@ class ExtractionNetwork(nn.Module):
         dropout: float,
         *,
         last: bool,
+        norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -57,7 +58,7 @@ class ExtractionNetwork(nn.Module):
         def experts(count: int) -> StackedMLP | None:
             if not count:
                 return None
-            return StackedMLP(count, in_features, expert_dims, activation, dropout)
+            return StackedMLP(count, in_features, expert_dims, activation, dropout, norm)
 
         self.task_experts = experts(task_total)
         self.shared_experts = experts(num_shared_experts)
@@ -65,6 +66,8 @@ class ExtractionNetwork(nn.Module):
         owner = torch.div(expert_ids, max(num_task_experts, 1), rounding_mode="floor")
         mask = (owner == torch.arange(num_tasks)[:, None]) | (expert_ids >= task_total)
         self.sparse = _checks.choice("gate", gate, GATES) == "topk"
+        if self.sparse and norm == "batch":
+            raise MtlzooError(NOT_WITH_TOPK)
         gates = (partial(NoisyTopKGates, top_k=top_k, noise=gate_noise) if self.sparse
                  else SoftmaxGates)
         self.task_gates = gates(num_tasks, in_features, num_experts, mask=mask)
@@ -149,6 +152,7 @@ class PLE(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -166,12 +170,12 @@ class PLE(MultiTaskModel):
         self.levels = nn.ModuleList(
             ExtractionNetwork(
                 len(self.tasks), in_features if k == 0 else width, num_shared, num_own,
-                expert_dims, activation, dropout, last=k == num_levels - 1,
+                expert_dims, activation, dropout, last=k == num_levels - 1, norm=norm,
                 gate=gate, top_k=top_k, gate_noise=gate_noise,
             )
             for k in range(num_levels)
         )
-        self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout, norm)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple:
         task_in, shared_in, gate_weights, aux_losses = None, x, {}, []
@@ -204,6 +208,7 @@ class CGC(PLE):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -212,5 +217,5 @@ class CGC(PLE):
             in_features=in_features, tasks=tasks, num_levels=1,
             num_shared_experts=num_shared_experts, num_task_experts=num_task_experts,
             expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout,
-            activation=activation, gate=gate, top_k=top_k, gate_noise=gate_noise,
+            activation=activation, norm=norm, gate=gate, top_k=top_k, gate_noise=gate_noise,
         )

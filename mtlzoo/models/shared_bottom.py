@@ -33,11 +33,13 @@ class SharedBottom(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         bottom_dims = _checks.layer_dims("bottom_dims", bottom_dims)
-        self.bottom = StackedMLP(1, in_features, bottom_dims, activation, dropout)
-        self.heads = TaskHeads(self.tasks, bottom_dims[-1], tower_dims, activation, dropout)
+        self.bottom = StackedMLP(1, in_features, bottom_dims, activation, dropout, norm)
+        self.heads = TaskHeads(self.tasks, bottom_dims[-1], tower_dims, activation, dropout,
+                               norm)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
         shared = self.bottom(x)  # (b, 1, h)

@@ -53,11 +53,14 @@ class SingleTask(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         hidden_dims = _checks.layer_dims("hidden_dims", hidden_dims)
-        self.networks = StackedMLP(len(self.tasks), in_features, hidden_dims, activation, dropout)
-        self.heads = TaskHeads(self.tasks, hidden_dims[-1], tower_dims, activation, dropout)
+        self.networks = StackedMLP(len(self.tasks), in_features, hidden_dims, activation, dropout,
+                                   norm)
+        self.heads = TaskHeads(self.tasks, hidden_dims[-1], tower_dims, activation, dropout,
+                               norm)
         self.encoders: nn.ModuleList | None = None
 
     def set_encoder(self, encoder: nn.Module) -> SingleTask:
