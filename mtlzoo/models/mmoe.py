@@ -33,6 +33,10 @@ class MMoE(MultiTaskModel):
 
     experts (b, e, h) in one einsum, gates (b, t, e) in one einsum, mixed by
     ``'bte,beh->bth'``. ``gate_weights["gates"]`` is (b, t, e).
+
+    ``gate="topk"``: noisy top-k gates (Shazeer et al. 2017, ``NoisyTopKGates``); only the
+    chosen (row, expert) pairs run (``sparse_mixture``), ``aux_loss`` is their load-balancing
+    loss; ``gate_weights`` keep their shape, ``top_k`` non-zero weights a row.
     """
 
     one_gate: ClassVar[bool] = False

@@ -138,6 +138,9 @@ class PLE(MultiTaskModel):
     mixes all experts of its level. The towers read each task's output of the last level.
     ``gate_weights["level{k}"]`` is (b, t + 1, e) (the shared gate last), (b, t, e) at the
     last level (and at every level when ``num_shared_experts=0``: no shared path then).
+    ``gate="topk"``: every gate is a noisy top-k gate (``NoisyTopKGates``, a task gate
+    choosing among the experts its mask allows), only the chosen experts run, and
+    ``aux_loss`` sums the gates' load-balancing losses over the levels.
     """
 
     def __init__(
