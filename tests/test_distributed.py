@@ -162,6 +162,8 @@ def _steps(rank: int, folder: Path) -> dict:
     except MtlzooError as error:
         results["loader refused"] = str(error)
     results["uninterrupted"] = _resume("full", rank, folder)  # for the resume test
+    for method in PENALTY_METHODS:
+        results[f"penalty {method}"] = penalty_run(method, BATCH, "ddp")
     for name in mtlzoo.list_models():  # DDP, which needs every parameter in every step
         for regime in ("joint", "per_task_sampled"):
             torch.manual_seed(0)
@@ -171,6 +173,22 @@ def _steps(rank: int, folder: Path) -> dict:
             run.fit(joint_data(40, 1) if regime == "joint" else per_task_data(1), epochs=1)
             results[f"{name} {regime}"] = run.model.state_dict()
     return results
+
+
+PENALTY_METHODS = ("equal", "pcgrad")
+
+
+def penalty_run(method: str, batch_size: int, strategy: str) -> dict:
+    """Two epochs of a model whose aux_loss (an L2 penalty between its task columns) has a
+    gradient; the weights."""
+    torch.manual_seed(0)
+    model = mtlzoo.create_model("l2_constrained", in_features=6, tasks=tasks(),
+                                column_dims=(5,), penalty=0.5).double()
+    run = mtlzoo.Trainer(model, weighting=method, lr=1e-2, batch_size=batch_size, seed=3,
+                         progress=False, strategy=strategy,
+                         weighting_options={"seed": 1} if method == "pcgrad" else None)
+    run.fit(joint_data(100, 1), epochs=2)
+    return run.model.state_dict()
 
 
 KILL_AT = 9  # the step whose ranks are killed; the checkpoint of step 8 is the last one
@@ -280,6 +298,16 @@ def test_two_ranks_take_the_steps_of_one_rank_with_the_global_batch(two_ranks, f
                 assert repr(got) == repr(value), (task, name)  # NaN too
             else:
                 assert got == pytest.approx(value, rel=1e-6, nan_ok=True), (task, name)
+
+
+@pytest.mark.parametrize("method", PENALTY_METHODS)
+def test_an_aux_loss_on_the_parameters_takes_one_process_steps(two_ranks, float64, method):
+    """Each rank back-propagates its aux_loss over the ranks, once with the losses: a
+    penalty on the parameters (the same on every rank) is then exactly one process's."""
+    expected = penalty_run(method, WORLD * BATCH, "none")
+    first, second = (ranks[f"penalty {method}"] for ranks in two_ranks)
+    assert _max_difference(first, second) == 0
+    assert _max_difference(first, expected) < 1e-10
 
 
 @pytest.mark.parametrize("shuffle", [True, False])

@@ -283,7 +283,7 @@ def test_every_architecture_has_a_page_that_says_how_it_is_registered():
                 if name.startswith("mtlzoo.models."):
                     cls = getattr(mtlzoo.models, name.rpartition(".")[2], None)
                     assert id(cls) in builders, f"{where}: {name} is not a registered model class"
-                elif re.fullmatch(r"[a-z_]+", name):
+                elif re.fullmatch(r"[a-z0-9_]+", name):
                     assert name in MODELS or name in ALIASES, f"{where}: {name!r} not registered"
                     documented.add(ALIASES.get(name, name))
     missing = [name for name in MODELS if name not in documented]

@@ -52,6 +52,17 @@ def test_a_batch_of_one_row_works(model_name):
     out.logits["topic"].sum().backward()
 
 
+def test_a_batch_of_no_rows_works(model_name):
+    """DDP runs the tasks a per-task step has no batch of on no rows."""
+    model = seeded(model_name)
+    out = model(torch.randn(0, IN_FEATURES))
+    assert {name: tuple(v.shape) for name, v in out.logits.items()} == {
+        "income": (0, 1), "topic": (0, 4), "score": (0, 1)
+    }
+    assert torch.isfinite(out.aux_loss)
+    (sum(logits.sum() for logits in out.logits.values()) + out.aux_loss).backward()
+
+
 def test_in_eval_mode_a_row_does_not_depend_on_its_batch(model_name):
     model = seeded(model_name, dropout=0.3).eval()
     x = torch.randn(6, IN_FEATURES, dtype=torch.float64)

@@ -10,7 +10,8 @@ from mtlzoo._registry import _ALIASES, _MODELS
 from mtlzoo.models import MultiTaskModel, SharedBottom
 
 TASKS = (Task("click"), Task("topic", kind="multiclass", num_classes=4))
-BUILTIN = ("cgc", "cross_stitch", "mmoe", "omoe", "ple", "shared_bottom", "single_task")
+BUILTIN = ("aitm", "cgc", "cross_stitch", "dselect_k", "esmm", "l2_constrained", "mmoe", "mtan",
+           "omoe", "ple", "shared_bottom", "single_task", "sluice")
 SCRATCH = "test_registry_scratch_model"
 
 

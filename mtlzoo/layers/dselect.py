@@ -120,15 +120,16 @@ class DSelectGates(nn.Module):
         # (b, g, c, e): per expert, the product over its code's bits
         selectors = torch.where(self.codes, steps, 1.0 - steps).prod(-1)
         regulariser = logits.new_zeros(())
+        rows = max(selectors.shape[0], 1)  # the mean over the batch; 0 for no rows
         if not self.all_codes_used:
             mass = selectors.sum(-1, keepdim=True)
             reached = mass > 0
             safe_mass = torch.where(reached, mass, 1.0)
             selectors = torch.where(reached, selectors / safe_mass, 1.0 / self.num_experts)
-            regulariser = (1.0 / safe_mass - 1.0).sum((1, 2, 3)).mean()
+            regulariser = (1.0 / safe_mass - 1.0).sum() / rows
         if self.entropy_reg:
             tiny = torch.finfo(selectors.dtype).tiny
-            entropy = -(selectors * selectors.clamp_min(tiny).log()).sum((1, 2, 3)).mean()
+            entropy = -(selectors * selectors.clamp_min(tiny).log()).sum() / rows
             regulariser = regulariser + self.entropy_reg * entropy
         combination = torch.softmax(logits[..., split:], dim=-1)  # (b, g, c)
         return torch.einsum("bgc,bgce->bge", combination, selectors), regulariser

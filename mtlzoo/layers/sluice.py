@@ -45,5 +45,6 @@ class SubspaceStitchUnit(CrossStitchUnit):
                 f"SubspaceStitchUnit: a column's width {width} does not split into "
                 f"{self.num_subspaces} subspaces of equal width"
             )
-        subspaces = x.reshape(x.shape[0], -1, width // self.num_subspaces)
+        subspaces = x.reshape(x.shape[0], x.shape[1] * self.num_subspaces,
+                              width // self.num_subspaces)
         return super().forward(subspaces).reshape(x.shape)

@@ -16,11 +16,11 @@ from mtlzoo.models.sluice import Sluice
 __all__ = [
     "AITM",
     "CGC",
+    "ESMM",
     "MTAN",
     "PLE",
     "CrossStitch",
     "DSelectK",
-    "ESMM",
     "L2Constrained",
     "MMoE",
     "ModelOutput",

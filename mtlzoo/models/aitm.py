@@ -82,7 +82,7 @@ class AITM(MultiTaskModel):
             batch, _, width = own.shape
             scale = math.sqrt(width)
             # h1, h2, h3 of q_2 .. q_last in one matmul, and their scores <h1, h2> / sqrt(k)
-            projected = self.projections(own[:, 1:].reshape(-1, width)).view(batch, last, -1)
+            projected = self.projections(own[:, 1:].reshape(-1, width)).view(batch, last, 3 * width)
             own_h1, own_h2, own_h3 = projected.split(width, dim=-1)
             own_scores = (own_h1 * own_h2).sum(-1) / scale  # (b, last)
             for t in range(1, last + 1):
@@ -110,5 +110,5 @@ class AITM(MultiTaskModel):
             return logits, aux_loss
         earlier = torch.sigmoid(torch.cat([logits[a] for a, _ in pairs], dim=1))  # (b, pairs)
         later = torch.sigmoid(torch.cat([logits[b] for _, b in pairs], dim=1))
-        excess = torch.relu(later - earlier).sum(dim=1).mean()
+        excess = torch.relu(later - earlier).sum() / max(later.shape[0], 1)  # 0 for no rows
         return logits, aux_loss + self.calibration * excess

@@ -86,7 +86,7 @@ class MTAN(MultiTaskModel):
             else:  # f^(j) on every task's rows at once, then [u; f] per task
                 batch, tasks, width = attended.shape
                 extracted = self.extractors[j - 1](attended.reshape(-1, width))
-                extracted = extracted.view(batch, tasks, -1)
+                extracted = extracted.view(batch, tasks, extracted.shape[-1])
                 attention_in = torch.cat([u.unsqueeze(1).expand_as(extracted), extracted], -1)
             mask = torch.sigmoid(self.masks[j](self.attention[j](attention_in, task_ids),
                                                task_ids))

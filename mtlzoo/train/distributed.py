@@ -299,12 +299,6 @@ class DistributedStep(TrainStep):
         sums: dict[str, tuple[Tensor, Tensor]] = {}
         aux = None
         for (task_name, batch), out in zip(step_batches.items(), outputs, strict=True):
-            if out.aux_loss.requires_grad:
-                raise MtlzooError(
-                    "the model's aux_loss has a gradient: under DDP the trainer cannot yet "
-                    "make a batch-level auxiliary loss that of one process; train with "
-                    "strategy='none'"
-                )
             aux = out.aux_loss if aux is None else aux + out.aux_loss
             weights = self.reader.row_weights(batch)
             for name, logits in out.logits.items():
@@ -336,11 +330,22 @@ class DistributedStep(TrainStep):
 
     def _backward(self, losses: dict[str, Tensor], aux: Tensor,
                   representation: Tensor | None) -> Tensor:
+        # the aux_loss of the ranks' mean: each rank back-propagates its own over the ranks
+        # (the ranks' gradients are summed); through the same backward as the losses, which
+        # DDP and FSDP2 expect once a forward
+        extra = aux / self.ranks.size if aux.requires_grad else None
+        if extra is not None and self.gradient_method:  # no_sync: summed with the rest below
+            extra.backward(retain_graph=True)
+            extra = None
         with warnings.catch_warnings():
             # a stack of one (one gate's weights, (1, d, e)) has a size-1 axis whose stride
             # autograd's gradient and DDP's bucket choose differently: a copy, no error
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-            weights = self.weighting.backward(losses, *self.parameters(), representation)
+            if extra is None:
+                weights = self.weighting.backward(losses, *self.parameters(), representation)
+            else:
+                weights = self.weighting.backward(losses, *self.parameters(), representation,
+                                                  extra=extra)
         if self.gradient_method:
             self.ranks.sum_grads(self.model.parameters())
         return weights

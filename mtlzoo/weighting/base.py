@@ -96,9 +96,13 @@ class LossWeighting(Weighting):
         shared: Sequence[Tensor],
         specific: Sequence[Tensor],
         representation: Tensor | None = None,
+        extra: Tensor | None = None,
     ) -> Tensor:
+        """Back-propagates ``sum_t w_t L_t`` (``total``), plus ``extra``, unweighted, when
+        given (the model's aux_loss under DDP, which needs one backward a forward)."""
         weights = self.weights(losses)  # drawn once: the weights applied are those returned
-        self.total(losses, weights).backward()
+        total = self.total(losses, weights)
+        (total if extra is None else total + extra).backward()
         return weights.detach()
 
 
