@@ -44,8 +44,9 @@ def sparse_batch(rows: int) -> dict[str, torch.Tensor]:
             "dense": torch.randn(rows, 2, generator=g)}
 
 
-def sparse(backend: str) -> SparseEncoder:
-    return SparseEncoder({"user": 10, "tags": 20}, 2, embedding_dim=3, backend=backend)
+def sparse(backend: str, pooling: str = "sum") -> SparseEncoder:
+    return SparseEncoder({"user": 10, "tags": 20}, 2, embedding_dim=3, backend=backend,
+                         pooling=pooling)
 
 
 ENCODER_CASES = {  # name: (encoder, batch of a given size)
@@ -54,6 +55,7 @@ ENCODER_CASES = {  # name: (encoder, batch of a given size)
     "text_lstm": (ENCODERS["text_lstm"][0], tokens),
     "text_mean": (ENCODERS["text_mean"][0], tokens),
     "sparse": (lambda: sparse("torch"), sparse_batch),
+    "sparse_mean": (lambda: sparse("torch", "mean"), sparse_batch),
     "sparse_torchrec": (lambda: sparse("torchrec"), sparse_batch),
 }
 

@@ -165,6 +165,8 @@ class SparseEncoder(nn.Module):
         if "mean" in self.poolings:  # 1 / length for the ids of a mean-pooled feature
             scale = torch.where(self.mean, 1 / lengths.clamp_min(1), 1.0)   # (b, f)
             weights = scale[:, feature].masked_select(valid).to(self.embedding.weight.dtype)
+            # both are masked_select(valid): torch.export cannot know their sizes agree
+            torch._check(weights.shape[0] == values.shape[0])
         pooled = self.embedding(values, starts, per_sample_weights=weights)  # (b*f, e)
         return pooled.view(flat.shape[0], len(ids) * self.embedding_dim)
 
