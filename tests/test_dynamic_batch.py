@@ -1,12 +1,12 @@
-"""The batch axis stays symbolic: every model exports with a dynamic batch, and a compiled
-model does not recompile when the batch size changes (the short last batch of an epoch)."""
+"""The batch axis stays symbolic: a compiled model does not recompile when the batch size
+changes (the short last batch of an epoch). Every model's export with a dynamic batch is
+tests/test_export.py's."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
-from torch.export import Dim
 from torch.utils._pytree import tree_map
 
 import mtlzoo
@@ -48,23 +48,6 @@ def cases() -> list:
         for name, make_batch in BATCH_MAKERS.items()
     ]
     return models + encoders
-
-
-def batch_dim(example, dim):
-    """``dynamic_shapes`` marking dim 0 of every tensor of the (possibly dict) input."""
-    return tree_map(lambda _: {0: dim}, example)
-
-
-@pytest.mark.parametrize(("make_model", "make_batch"), cases())
-def test_exports_with_a_dynamic_batch(make_model, make_batch):
-    model = make_model()
-    example = make_batch(EXPORT_BATCH)
-    program = torch.export.export(
-        model, (example,), dynamic_shapes=(batch_dim(example, Dim("batch")),)
-    )
-    for rows in (2, 5, 16):
-        batch = make_batch(rows)
-        torch.testing.assert_close(program.module()(batch), model(batch))
 
 
 @pytest.mark.parametrize("marked", [False, True], ids=["automatic", "mark_dynamic"])
