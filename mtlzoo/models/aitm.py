@@ -55,18 +55,20 @@ class AITM(MultiTaskModel):
         calibration: float = 0.6,
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         task_tower_dims = _checks.layer_dims("task_tower_dims", task_tower_dims)
         self.calibration = _checks.real("calibration", calibration)
         num_tasks, width = len(self.tasks), task_tower_dims[-1]
-        self.towers = StackedMLP(num_tasks, in_features, task_tower_dims, activation, dropout)
+        self.towers = StackedMLP(num_tasks, in_features, task_tower_dims, activation, dropout,
+                                 norm)
         self.info: StackedMLP | None = None
         self.projections: StackedLinear | None = None
         if num_tasks > 1:
-            self.info = StackedMLP(num_tasks - 1, width, (width,), activation, dropout)
+            self.info = StackedMLP(num_tasks - 1, width, (width,), activation, dropout, norm)
             self.projections = StackedLinear(1, width, 3 * width, bias=False)
-        self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout, norm)
         # (t - 1, t) for consecutive binary tasks: the calibrator's pairs
         self.calibrated_pairs = tuple(
             (t - 1, t) for t in range(1, num_tasks)

@@ -44,6 +44,7 @@ class DSelectK(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         num_experts = _checks.positive_int("num_experts", num_experts)
@@ -51,10 +52,12 @@ class DSelectK(MultiTaskModel):
         gamma = _checks.real("gamma", gamma, positive=True)
         entropy_reg = _checks.real("entropy_reg", entropy_reg)
         expert_dims = _checks.layer_dims("expert_dims", expert_dims)
-        self.experts = StackedMLP(num_experts, in_features, expert_dims, activation, dropout)
+        self.experts = StackedMLP(num_experts, in_features, expert_dims, activation, dropout,
+                                  norm)
         self.gates = DSelectGates(len(self.tasks), in_features, num_experts, k, gamma,
                                   entropy_reg)
-        self.heads = TaskHeads(self.tasks, expert_dims[-1], tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, expert_dims[-1], tower_dims, activation, dropout,
+                               norm)
 
     def represent(
         self, x: Tensor, task_ids: Sequence[int] | None

@@ -61,15 +61,17 @@ class ESMM(MultiTaskModel):
         tower_dims: Sequence[int] = (64, 32),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         self.funnel = self._check_funnel(funnel)
         bottom_dims = _checks.layer_dims("bottom_dims", bottom_dims, allow_empty=True)
         self.bottom = (
-            StackedMLP(1, in_features, bottom_dims, activation, dropout) if bottom_dims else None
+            StackedMLP(1, in_features, bottom_dims, activation, dropout, norm) if bottom_dims
+            else None
         )
         width = bottom_dims[-1] if bottom_dims else in_features
-        self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, width, tower_dims, activation, dropout, norm)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
         shared = x.unsqueeze(1) if self.bottom is None else self.bottom(x)  # (b, 1, h)

@@ -42,12 +42,15 @@ class L2Constrained(MultiTaskModel):
         penalty: float = 1e-3,
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         column_dims = _checks.layer_dims("column_dims", column_dims)
         self.penalty = _checks.real("penalty", penalty)
-        self.columns = TiedMLP(len(self.tasks), in_features, column_dims, activation, dropout)
-        self.heads = TaskHeads(self.tasks, column_dims[-1], tower_dims, activation, dropout)
+        self.columns = TiedMLP(len(self.tasks), in_features, column_dims, activation, dropout,
+                               norm)
+        self.heads = TaskHeads(self.tasks, column_dims[-1], tower_dims, activation, dropout,
+                               norm)
 
     def represent(
         self, x: Tensor, task_ids: Sequence[int] | None

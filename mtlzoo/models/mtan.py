@@ -52,28 +52,31 @@ class MTAN(MultiTaskModel):
         tower_dims: Sequence[int] = (32,),
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         shared_dims = _checks.layer_dims("shared_dims", shared_dims)
         num_tasks = len(self.tasks)
         self.intermediate = nn.ModuleList(  # u^(j)
-            StackedMLP(1, n_in, (n_out,), activation, dropout)
+            StackedMLP(1, n_in, (n_out,), activation, dropout, norm)
             for n_in, n_out in pairwise((in_features, *shared_dims))
         )
         self.block_outputs = nn.ModuleList(  # p^(j)
-            StackedMLP(1, width, (width,), activation, dropout) for width in shared_dims
+            StackedMLP(1, width, (width,), activation, dropout, norm) for width in shared_dims
         )
         self.attention = nn.ModuleList(  # g^(j), every task's
-            StackedMLP(num_tasks, width if j == 0 else 2 * width, (width,), activation)
+            StackedMLP(num_tasks, width if j == 0 else 2 * width, (width,), activation, norm=norm)
             for j, width in enumerate(shared_dims)
         )
         self.masks = nn.ModuleList(  # h^(j), every task's, before the sigmoid
             StackedLinear(num_tasks, width, width) for width in shared_dims
         )
         self.extractors = nn.ModuleList(  # f^(j), j >= 2, shared by the tasks
-            StackedMLP(1, n_in, (n_out,), activation) for n_in, n_out in pairwise(shared_dims)
+            StackedMLP(1, n_in, (n_out,), activation, norm=norm)
+            for n_in, n_out in pairwise(shared_dims)
         )
-        self.heads = TaskHeads(self.tasks, shared_dims[-1], tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, shared_dims[-1], tower_dims, activation, dropout,
+                               norm)
 
     def represent(self, x: Tensor, task_ids: Sequence[int] | None) -> tuple[Tensor, dict]:
         shared, attended = x, None

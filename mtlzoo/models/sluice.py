@@ -46,6 +46,7 @@ class Sluice(MultiTaskModel):
         orthogonality: float = 1e-2,
         dropout: float = 0.0,
         activation: Activation = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__(in_features=in_features, tasks=tasks)
         column_dims = _checks.layer_dims("column_dims", column_dims)
@@ -64,14 +65,15 @@ class Sluice(MultiTaskModel):
         num_tasks, num_layers = len(self.tasks), len(column_dims)
         widths = (in_features, *column_dims)
         self.layers = nn.ModuleList(
-            StackedMLP(num_tasks, n_in, (n_out,), activation, dropout)
+            StackedMLP(num_tasks, n_in, (n_out,), activation, dropout, norm)
             for n_in, n_out in pairwise(widths)
         )
         self.stitches = nn.ModuleList(
             SubspaceStitchUnit(num_tasks, num_subspaces) for _ in column_dims
         )
         self.betas = nn.Parameter(_last_layer_heavy(num_layers, num_tasks))
-        self.heads = TaskHeads(self.tasks, column_dims[-1], tower_dims, activation, dropout)
+        self.heads = TaskHeads(self.tasks, column_dims[-1], tower_dims, activation, dropout,
+                               norm)
 
     def represent(
         self, x: Tensor, task_ids: Sequence[int] | None
