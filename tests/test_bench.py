@@ -66,7 +66,8 @@ def test_synthetic_claims_follow_the_numbers():
     # MSE by model: MMoE < OMoE < shared-bottom, the gaps widest at low correlation, PLE
     # better than single-task; shared-bottom's two seeds lie furthest apart.
     level = {"single_task": 1.0, "shared_bottom": 0.9, "omoe": 0.8, "mmoe": 0.5, "cgc": 0.6,
-             "ple": 0.4, "cross_stitch": 0.7}
+             "ple": 0.4, "cross_stitch": 0.7, "l2_constrained": 0.75, "sluice": 0.7,
+             "mtan": 0.65, "dselect_k": 0.55, "esmm": 0.9, "aitm": 0.85}
     rows = []
     for p in CORRELATIONS:
         for seed in (0, 1):

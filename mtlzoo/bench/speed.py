@@ -171,6 +171,12 @@ def every_model_grid(
             "shared_bottom": {"bottom_dims": (width,)},
             "single_task": {"hidden_dims": (width,)},
             "cross_stitch": {"column_dims": (width,)},
+            "l2_constrained": {"column_dims": (width,)},
+            "sluice": {"column_dims": (width,)},
+            "mtan": {"shared_dims": (width,)},
+            "dselect_k": {"num_experts": num_experts, "expert_dims": (width,)},
+            "esmm": {"bottom_dims": (width,)},
+            "aitm": {"task_tower_dims": (width,)},
         }
         per_family["ple"] = per_family["cgc"]
         for name in mtlzoo.list_models():

@@ -16,10 +16,14 @@ import pandas as pd
 import mtlzoo
 from mtlzoo.errors import MtlzooError
 
-MODELS = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "cross_stitch")
+MODELS = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "cross_stitch",
+          "l2_constrained", "sluice", "mtan", "dselect_k", "esmm", "aitm")
 
 # MMoE section 5.1: 8 experts of one 16-unit layer, towers of 8, a 113-unit shared bottom
 # (about the experts' parameter count); CGC/PLE split the 8 experts as 4 shared + 2 per task.
+# The second wave at about the same first-layer size: columns of 56 a task (as cross-stitch),
+# MTAN's shared blocks of 64 (its attention adds per-task layers of 64), DSelect-k on MMoE's
+# experts, ESMM on the shared bottom, AITM's towers of 56 a task.
 MODEL_OPTIONS = {
     "single_task": {"hidden_dims": (113,)},
     "shared_bottom": {"bottom_dims": (113,)},
@@ -29,8 +33,15 @@ MODEL_OPTIONS = {
     "ple": {"num_levels": 2, "num_shared_experts": 4, "num_task_experts": 2,
             "expert_dims": (16,)},
     "cross_stitch": {"column_dims": (56,)},
+    "l2_constrained": {"column_dims": (56,)},
+    "sluice": {"column_dims": (56,)},
+    "mtan": {"shared_dims": (64,)},
+    "dselect_k": {"num_experts": 8, "expert_dims": (16,)},
+    "esmm": {"bottom_dims": (113,)},
+    "aitm": {"task_tower_dims": (56,)},
 }
-WIDTHS = ("hidden_dims", "bottom_dims", "expert_dims", "column_dims")
+WIDTHS = ("hidden_dims", "bottom_dims", "expert_dims", "column_dims", "shared_dims",
+          "task_tower_dims")
 
 
 def model_options(model: str, scale: int = 1) -> dict:
