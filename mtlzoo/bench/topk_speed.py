@@ -82,7 +82,7 @@ def busiest_expert_rows(experts: Tensor, num_experts: int) -> int:
     chose runs once)."""
     batch = experts.shape[0]
     used = torch.zeros(batch, num_experts, dtype=torch.bool)
-    return int(used.scatter(1, experts.reshape(batch, -1), True).sum(0).max())
+    return int(used.scatter(1, experts.flatten(1), True).sum(0).max())
 
 
 def step_flops(step: ForwardBackward) -> int:

@@ -208,7 +208,7 @@ def _dispatch(experts: Tensor, num_experts: int) -> tuple[Tensor, Tensor]:
     order, padded with row 0 up to the busiest expert's count n; ``slots`` (b, g, k), where
     each choice's output lands in the flattened (e * n) block."""
     batch = experts.shape[0]
-    picks = experts.reshape(batch, -1)
+    picks = experts.flatten(1)  # (b, g k); not reshape(b, -1), which fails on no rows
     used = torch.zeros(batch, num_experts, dtype=torch.bool, device=experts.device)
     used = used.scatter(1, picks, True)
     rank = used.cumsum(0) - 1  # a pair's place among its expert's rows
