@@ -170,8 +170,8 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
         implementation="ours", note="")
     table = summarise_peers(pd.concat([ours, peer_runs], ignore_index=True))
     about = ABOUT.format(seeds=seeds) + norm_about + (
-        f" Our MMoE, PLE and shared-bottom (the rows of `{name}.md`) "
-        "beside torch-rechub's and DeepCTR-Torch's: each peer's architecture behind our "
+        f" Our {', '.join(families)} (the rows of `{name}.md`) beside "
+        f"{' and '.join(peer_names)}'s: each peer's architecture behind our "
         "TabularEncoder (the same features and embeddings of width 4), trained by our Trainer "
         "and scored by our evaluation (`mtlzoo.bench.peer_census`: the peers' probabilities "
         "become logits for our loss). `main_best`/`main_mean`: the main task's test AUC, "
@@ -183,8 +183,8 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
     markdown = markdown_report(
         f"Census-Income: ours beside the peers ({size})",
         stamp(command, grid=peer_runs.attrs.get("grid")),
-        [about, "Peers: " + ", ".join(f"{name} {version}" for name, version in versions.items())
-         + "."], table, digits=4)
+        [about, "Peers: " + ", ".join(f"{peer} {version}" for peer, version in versions.items()
+                                      if peer in peer_names) + "."], table, digits=4)
     return SuiteResult(table, [], write_result(stem, table, markdown))
 
 
