@@ -102,12 +102,25 @@ def test_batched_norm_equals_one_norm_module_per_group_in_eval_mode(norm, index)
         assert torch.equal(tensor, state[name]), name
 
 
-def test_batch_norm_in_train_mode_refuses_a_batch_of_one_row_and_eval_mode_takes_it():
+def test_batch_norm_in_train_mode_reads_the_running_statistics_for_a_batch_of_one_row():
     mlp = StackedMLP(3, IN, (4,), norm="batch")
-    with pytest.raises(mtlzoo.MtlzooError, match="at least 2 rows"):
-        mlp(torch.randn(1, IN))
-    assert mlp.eval()(torch.randn(1, IN)).shape == (1, 3, 4)
+    mlp(torch.randn(8, IN))  # running statistics that are not the initial ones
+    state = {name: tensor.clone() for name, tensor in mlp.state_dict().items()}
+    row = torch.randn(1, IN)
+    torch.testing.assert_close(mlp(row), mlp.eval()(row), rtol=0, atol=0)
+    for name, tensor in mlp.state_dict().items():  # and leaves them as they were
+        assert torch.equal(tensor, state[name]), name
     assert StackedMLP(3, IN, (4,), norm="layer")(torch.randn(1, IN)).shape == (1, 3, 4)
+
+
+def test_an_epoch_whose_last_batch_is_one_row_trains_with_batch_norm():
+    torch.manual_seed(0)
+    model = mtlzoo.create_model("mmoe", in_features=IN, tasks=[mtlzoo.Task("y")],
+                                num_experts=3, expert_dims=(4,), tower_dims=(3,),
+                                norm="batch")
+    data = {"x": torch.randn(9, IN), "y": torch.randint(0, 2, (9,))}
+    history = mtlzoo.Trainer(model, batch_size=4, progress=False).fit(data, epochs=2)
+    assert len(history) == 2 and history["y/train_loss"].notna().all()
 
 
 def test_a_bad_norm_is_an_error_naming_it():

@@ -118,7 +118,8 @@ class _StackedBatchNorm(nn.Module):
     per (group, feature) over the batch, running mean and variance (g, h) updated in train
     mode (momentum 0.1, eps 1e-5) and read in eval mode, affine weight and bias (g, h).
     ``index`` (group ids) normalises only those groups, reading and updating only their
-    running statistics."""
+    running statistics. A batch of one row in train mode is normalised with the running
+    statistics and does not update them."""
 
     def __init__(self, groups: int, features: int) -> None:
         super().__init__()
@@ -128,12 +129,9 @@ class _StackedBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(groups, features))
 
     def forward(self, x: Tensor, index: GroupIndex = None) -> Tensor:
-        if self.training and x.shape[0] == 1:
-            raise MtlzooError(
-                "norm='batch' needs at least 2 rows a batch in training mode (the batch "
-                "statistics of one row are undefined), got a batch of 1; use model.eval() "
-                "for one row, or norm='layer'"
-            )
+        # one row has no batch variance (nn.BatchNorm1d raises): it is normalised with the
+        # running statistics, which it leaves as they are (an epoch's last batch may be one)
+        batch_statistics = self.training and x.shape[0] != 1
         weight, bias = self.weight, self.bias
         running_mean, running_var = self.running_mean, self.running_var
         if index is not None:  # gathered copies: the updates are written back below
@@ -141,8 +139,8 @@ class _StackedBatchNorm(nn.Module):
             running_mean, running_var = running_mean[index], running_var[index]
         out = F.batch_norm(x.reshape(x.shape[0], -1), running_mean.view(-1),
                            running_var.view(-1), weight.reshape(-1), bias.reshape(-1),
-                           self.training, BATCH_NORM_MOMENTUM, NORM_EPS)
-        if index is not None and self.training:
+                           batch_statistics, BATCH_NORM_MOMENTUM, NORM_EPS)
+        if index is not None and batch_statistics:
             ids = torch.as_tensor(index, device=x.device)
             with torch.no_grad():
                 self.running_mean.index_copy_(0, ids, running_mean)
