@@ -32,6 +32,8 @@ Speed: ratios within one run, never timed tests
                         (``mtlzoo bench speed --peers``, the ``[peers]`` extra)
     ``small_batch``     the same at B=64, E=64, T=8 over fresh processes, with the 3x
                         target (``benchmarks/small_batch.py``)
+    ``topk_speed``      MMoE with sparse top-k gates against dense softmax gates, E up to 256,
+                        FLOPs counted, over fresh processes (``benchmarks/topk_speed.py``)
     ``efficiency``      a large MMoE/PLE step's FLOP/s over a same-run matmul's, default and
                         kept memory, with a per-op profile (``benchmarks/efficiency.py``)
     ``compile_speed``   trainer step eager, compiled, bf16 (``benchmarks/compile_speed.py``)
