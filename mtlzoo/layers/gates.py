@@ -59,10 +59,7 @@ class SoftmaxGates(nn.Module):
         super().__init__()
         self.num_gates = _checks.positive_int("num_gates", num_gates)
         self.num_experts = _checks.positive_int("num_experts", num_experts)
-        if mask is None:
-            expert_index = torch.arange(num_experts).expand(num_gates, num_experts)
-        else:
-            expert_index = _mask_to_index(mask, num_gates, num_experts)
+        expert_index = _mask_to_index(mask, num_gates, num_experts)
         self.restricted = expert_index.shape[1] < num_experts
         self.register_buffer("expert_index", expert_index.contiguous(), persistent=False)
         self.logits = StackedLinear(num_gates, in_features, expert_index.shape[1], bias=bias)
@@ -94,8 +91,11 @@ class SoftmaxGates(nn.Module):
         return weights
 
 
-def _mask_to_index(mask: Tensor, num_gates: int, num_experts: int) -> Tensor:
-    """The (g, a) ids of the experts each gate may use, from a (g, e) boolean mask."""
+def _mask_to_index(mask: Tensor | None, num_gates: int, num_experts: int) -> Tensor:
+    """The (g, a) ids of the experts each gate may use, from a (g, e) boolean mask (None:
+    every gate may use every expert)."""
+    if mask is None:
+        return torch.arange(num_experts).expand(num_gates, num_experts)
     if (
         not isinstance(mask, torch.Tensor)
         or mask.dtype != torch.bool

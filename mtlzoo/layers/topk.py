@@ -87,10 +87,7 @@ class NoisyTopKGates(nn.Module):
         super().__init__()
         self.num_gates = _checks.positive_int("num_gates", num_gates)
         self.num_experts = _checks.positive_int("num_experts", num_experts)
-        if mask is None:
-            expert_index = torch.arange(num_experts).expand(num_gates, num_experts)
-        else:
-            expert_index = _mask_to_index(mask, num_gates, num_experts)
+        expert_index = _mask_to_index(mask, num_gates, num_experts)
         allowed = expert_index.shape[1]
         if not _checks.is_int(top_k) or not 1 <= top_k <= allowed:
             raise MtlzooError(
