@@ -189,6 +189,12 @@ def _parser() -> argparse.ArgumentParser:
              "every MLP layer); the tables are quality_census_norm_<norm>_<size>*",
     )
     quality.add_argument(
+        "--gate-norm", choices=("batch", "layer"),
+        help="census: build the softmax-gated models (mmoe, omoe, cgc, ple) with gate_norm= "
+             "this (their gates' logits normalised before the softmax, as torch-rechub's); "
+             "the tables' names hold gate_norm_<gate-norm>",
+    )
+    quality.add_argument(
         "--weightings", default="equal", type=_weightings,
         help="comma-separated loss weightings, each run by every multi-task architecture "
              "(default: equal, the papers' plain sum)",
@@ -475,8 +481,9 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             if args.peers:
                 raise mtlzoo.MtlzooError("--peers is for --suite census (the peers' speed: "
                                          "mtlzoo bench speed --peers)")
-            if args.norm or args.models:
-                raise mtlzoo.MtlzooError("--norm and --models are for --suite census")
+            if args.norm or args.gate_norm or args.models:
+                raise mtlzoo.MtlzooError("--norm, --gate-norm and --models are for --suite "
+                                         "census")
             from mtlzoo.bench import synthetic
 
             if args.check_budget:
@@ -498,7 +505,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
                 command=command, weightings=args.weightings,
                 peers=_names(args.peers) if args.peers else False,
                 models=_names(args.models) if args.models else census.MODELS,
-                seeds=args.seeds, norm=args.norm)
+                seeds=args.seeds, norm=args.norm, gate_norm=args.gate_norm)
         print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"\nWritten under {out}/ (quality_{args.suite}_*.md, .csv)")
         return 0

@@ -40,20 +40,20 @@ def _linear(stacked: StackedLinear, g: int) -> nn.Linear:
     return linear
 
 
-def _norm(stacked: StackedMLP, depth: int, g: int) -> list[nn.Module]:
-    """Group g's normalisation of layer ``depth`` of a StackedMLP, as an ``nn.BatchNorm1d``
-    or ``nn.LayerNorm`` with copied parameters and running statistics (none without a
-    norm)."""
-    if stacked.norms is None:
+def _norm(source: nn.Module | None, g: int) -> list[nn.Module]:
+    """Group g of a stacked normalisation (``mtlzoo.layers.stacked.stacked_norm``) as an
+    ``nn.BatchNorm1d`` or ``nn.LayerNorm`` with copied parameters and running statistics
+    (none without a norm)."""
+    if source is None:
         return []
-    source = stacked.norms[depth]
     features = source.weight.shape[1]
-    norm = nn.BatchNorm1d(features) if stacked.norm == "batch" else nn.LayerNorm(features)
+    batch = hasattr(source, "running_mean")
+    norm = nn.BatchNorm1d(features) if batch else nn.LayerNorm(features)
     norm = norm.to(source.weight.device, source.weight.dtype)
     with torch.no_grad():
         norm.weight.copy_(source.weight[g])
         norm.bias.copy_(source.bias[g])
-        if stacked.norm == "batch":
+        if batch:
             norm.running_mean.copy_(source.running_mean[g])
             norm.running_var.copy_(source.running_var[g])
     return [norm]
@@ -94,7 +94,8 @@ class LoopMLP(LoopGroups):
             nn.Sequential(*[
                 module
                 for depth, layer in enumerate(stacked.layers)
-                for module in (_linear(layer, g), *_norm(stacked, depth, g),
+                for module in (_linear(layer, g),
+                               *_norm(stacked.norms and stacked.norms[depth], g),
                                stacked.activation, stacked.dropout)
             ])
             for g in range(stacked.groups)
@@ -102,13 +103,17 @@ class LoopMLP(LoopGroups):
 
 
 class LoopGates(nn.Module):
-    """One ``nn.Linear`` softmax gate per gate, each mixing the experts with its own bmm."""
+    """One softmax gate per gate, its logits from an ``nn.Linear`` (and its own
+    ``nn.BatchNorm1d`` / ``nn.LayerNorm`` with a norm), each mixing the experts with its own
+    bmm."""
 
     def __init__(self, gates: SoftmaxGates) -> None:
         super().__init__()
         self.num_experts = gates.num_experts
         self.register_buffer("expert_index", gates.expert_index.clone(), persistent=False)
         self.linears = nn.ModuleList(_linear(gates.logits, g) for g in range(gates.num_gates))
+        # one normalisation a gate, or none
+        self.norms = nn.ModuleList(n for g in range(gates.num_gates) for n in _norm(gates.norm, g))
 
     def forward(
         self, x: Tensor, experts: Tensor, index: Sequence[int] | None = None
@@ -135,7 +140,10 @@ class LoopGates(nn.Module):
                             zip(groups, _group_inputs(x, groups), strict=True)], dim=1)
 
     def _weight(self, g: int, x_g: Tensor) -> Tensor:
-        probs = torch.softmax(self.linears[g](x_g), dim=-1)
+        logits = self.linears[g](x_g)
+        if self.norms:
+            logits = self.norms[g](logits)
+        probs = torch.softmax(logits, dim=-1)
         weight = probs.new_zeros(len(probs), self.num_experts)
         return weight.index_copy(1, self.expert_index[g], probs)
 

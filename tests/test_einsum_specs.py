@@ -46,6 +46,7 @@ KERNELS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "kernels.md"
 # public names in mtlzoo.layers that compute no einsum (each with the reason)
 NOT_KERNELS = {
     "mtlzoo.layers.activations.make_activation": "builds an activation module",
+    "mtlzoo.layers.stacked.stacked_norm": "builds a normalisation module (no einsum)",
 }
 
 # one size per axis, all different; an index of 7 of the g = 10 groups keeps g distinct too

@@ -282,7 +282,7 @@ def test_census_suite_runs_a_norm_and_a_subset_and_says_so(tmp_path, monkeypatch
     assert cli.main([*argv[:-1], "mmo"]) == 1
     assert "unknown model(s) ['mmo']" in capsys.readouterr().err
     assert cli.main(["bench", "quality", "--suite", "synthetic", "--norm", "batch"]) == 1
-    assert "--norm and --models are for --suite census" in capsys.readouterr().err
+    assert "--norm, --gate-norm and --models are for --suite census" in capsys.readouterr().err
 
 
 def test_batch_norm_is_refused_with_top_k_gates_and_layer_norm_matches_the_loop():
@@ -298,3 +298,119 @@ def test_batch_norm_is_refused_with_top_k_gates_and_layer_norm_matches_the_loop(
         for task in ours.logits:
             torch.testing.assert_close(ours.logits[task], theirs.logits[task], rtol=0,
                                        atol=1e-10)
+
+
+# gate_norm: the softmax gates' logits normalised before the softmax (torch-rechub's gates)
+
+def models_with_gate_norm() -> list[str]:
+    """Every registered architecture whose builder takes ``gate_norm=``."""
+    return [name for name in mtlzoo.list_models()
+            if "gate_norm" in inspect.signature(mtlzoo.get_model_builder(name)).parameters]
+
+
+def test_the_softmax_gated_models_take_gate_norm():
+    assert set(models_with_gate_norm()) == {"mmoe", "omoe", "cgc", "ple"}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("index", [None, [2, 0]])
+@pytest.mark.parametrize("restricted", [False, True])
+def test_gate_norm_equals_one_norm_module_per_gate_in_train_and_eval_mode(norm, index,
+                                                                          restricted):
+    from mtlzoo.layers import SoftmaxGates
+    from mtlzoo.reference import LoopGates
+
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
+    gates = SoftmaxGates(3, IN, 4, mask=mask if restricted else None, norm=norm).double()
+    with torch.no_grad():  # not the initial affine and statistics: a wrong gate shows
+        for tensor in gates.norm.parameters():
+            tensor.uniform_(0.5, 1.5)
+        if norm == "batch":
+            gates.norm.running_mean.normal_()
+            gates.norm.running_var.uniform_(0.5, 2.0)
+    loop = LoopGates(gates)
+    unselected_before = gates.norm.running_mean[1].clone() if norm == "batch" else None
+    selected = [0, 1, 2] if index is None else index
+    experts = torch.randn(7, 4, 3, dtype=torch.float64)
+    for shape in ((7, IN), (7, len(selected), IN)):
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        for mode in (True, False):  # train (updating the running statistics), then eval
+            (mixed, weights), (loop_mixed, loop_weights) = (
+                gates.train(mode)(x, experts, index), loop.train(mode)(x, experts, index))
+            torch.testing.assert_close(weights, loop_weights, rtol=0, atol=1e-12)
+            torch.testing.assert_close(mixed, loop_mixed, rtol=0, atol=1e-12)
+            ours = torch.autograd.grad(mixed.square().sum(), x)[0]
+            theirs = torch.autograd.grad(loop_mixed.square().sum(), x)[0]
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+            if norm == "batch":  # each gate's statistics, the unselected ones untouched
+                for g, own in enumerate(loop.norms):
+                    torch.testing.assert_close(gates.norm.running_mean[g], own.running_mean,
+                                               rtol=0, atol=1e-12)
+                    torch.testing.assert_close(gates.norm.running_var[g], own.running_var,
+                                               rtol=0, atol=1e-12)
+    if index is not None and norm == "batch":  # gate 1 never ran
+        assert torch.equal(gates.norm.running_mean[1], unselected_before)
+
+
+@pytest.mark.parametrize("name", models_with_gate_norm())
+@pytest.mark.parametrize("gate_norm", NORMS)
+def test_gate_norm_models_match_their_loop_version_in_train_and_eval_mode(name, gate_norm):
+    torch.manual_seed(0)
+    model = build(name, norm="batch", gate_norm=gate_norm).double()
+    loop = loop_version(model)
+    gate_norms = [m for m in model.modules() if getattr(m, "norm", None) is not None
+                  and type(m).__name__ == "SoftmaxGates"]
+    assert gate_norms, "no gate has a norm"
+    x = torch.randn(6, IN_FEATURES, dtype=torch.float64)
+    for tasks in (None, ["score", "topic"]):
+        for mode in (True, False):
+            ours, theirs = model.train(mode)(x, tasks=tasks), loop.train(mode)(x, tasks=tasks)
+            for key in ours.logits:
+                torch.testing.assert_close(ours.logits[key], theirs.logits[key], rtol=0,
+                                           atol=1e-10)
+            for key in ours.gate_weights:
+                torch.testing.assert_close(ours.gate_weights[key], theirs.gate_weights[key],
+                                           rtol=0, atol=1e-10)
+    loss = sum(logits.square().mean() for logits in model.train()(x).logits.values())
+    loss.backward()
+    for gates in gate_norms:
+        assert gates.norm.weight.grad.abs().sum() > 0
+
+
+def test_gate_norm_is_checked_and_refused_with_top_k_gates():
+    for name in models_with_gate_norm():
+        with pytest.raises(mtlzoo.MtlzooError, match="'group'"):
+            build(name, gate_norm="group")
+        with pytest.raises(mtlzoo.MtlzooError, match=r"gate_norm='batch'.*gate='topk'"):
+            build(name, gate_norm="batch", gate="topk")
+        assert not any(".norm." in key for key in build(name).state_dict()), name
+
+
+def test_census_suite_builds_the_gated_models_with_gate_norm_and_names_its_tables(
+        tmp_path, monkeypatch):
+    from mtlzoo import cli
+    from mtlzoo.bench import census
+    from mtlzoo.layers import SoftmaxGates
+    from tests.test_census_income import write_pair
+
+    built = []
+
+    def fit_and_score(model, data, weighting, seed, **budget):  # the training is not tested here
+        built.append(model)
+        return {"main_auc": 0.9, "aux_auc": 0.99, "best_epoch": 1, "train_s": 0.0}
+
+    monkeypatch.setattr(census, "fit_and_score", fit_and_score)
+    write_pair(tmp_path / "census")
+    argv = ["bench", "quality", "--suite", "census", "--size", "demo", "--census-path",
+            str(tmp_path / "census"), "--out", str(tmp_path), "--quiet", "--seeds", "1",
+            "--norm", "batch", "--gate-norm", "layer", "--models", "mmoe,ple,shared_bottom"]
+    assert cli.main(argv) == 0
+    gate_norms = {type(model).__name__: {type(gates.norm).__name__ for gates in model.modules()
+                                         if isinstance(gates, SoftmaxGates)}
+                  for model in built}
+    assert gate_norms == {"MMoE": {"_StackedLayerNorm"}, "PLE": {"_StackedLayerNorm"},
+                          "SharedBottom": set()}
+    report = (tmp_path / "quality_census_norm_batch_gate_norm_layer_demo.md").read_text()
+    assert "gate_norm='layer'" in report and "norm='batch'" in report
+    assert cli.main(["bench", "quality", "--suite", "synthetic", "--gate-norm", "batch"]) == 1

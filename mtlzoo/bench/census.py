@@ -7,6 +7,7 @@ ours.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from functools import cache
@@ -86,7 +87,7 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
               progress: bool = True, command: str | None = None,
               weightings: Sequence[str] = ("equal",), peers: bool | Sequence[str] = False,
               models: Sequence[str] = MODELS, seeds: int | None = None,
-              norm: str | None = None) -> SuiteResult:
+              norm: str | None = None, gate_norm: str | None = None) -> SuiteResult:
     """Run (or resume) the Census-Income suite; write its tables; return them. With
     ``peers``, also the peers' MMoE, PLE and shared-bottom on the same data, budget, seeds
     and evaluation (:mod:`mtlzoo.bench.peer_census`), written beside ours as
@@ -96,12 +97,15 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
     families), ``seeds`` seeds 0..seeds-1 instead of the size's count. ``norm`` ("batch" or
     "layer") builds every one of our models with that ``norm=`` option (the peers are as
     they are); the tables are then ``quality_census_norm_<norm>_<size>[_peers].*``, and the
-    reports say so."""
+    reports say so. ``gate_norm`` likewise builds the softmax-gated models (MMoE, OMoE, CGC,
+    PLE) with that ``gate_norm=`` (their gates' logits normalised, as torch-rechub's are);
+    the tables' names then hold ``gate_norm_<gate_norm>`` after the norm."""
     from mtlzoo.data import census_income
     from mtlzoo.encoders import TabularEncoder
 
     models = check_models(models)
     norm = _checks.choice("norm", norm, NORMS)
+    gate_norm = _checks.choice("gate_norm", gate_norm, NORMS)
     seeds = CENSUS_SEEDS[size] if seeds is None else _checks.positive_int("seeds", seeds)
     if peers:  # the peers missing fail here, before anything runs
         from mtlzoo.bench import peer_census
@@ -118,20 +122,32 @@ def run_suite(size: str = "full", out: Path = RESULTS, path: str | None = None,
     settings = [{"task_group": group, "seed": seed}
                 for group in (1, 2) for seed in range(seeds)]
     norm_options = {} if norm is None else {"norm": norm}
-    name = f"quality_census_{size}" if norm is None else f"quality_census_norm_{norm}_{size}"
+    name = "_".join(["quality_census", *([f"norm_{norm}"] if norm else []),
+                     *([f"gate_norm_{gate_norm}"] if gate_norm else []), size])
     norm_about = "" if norm is None else (
         f" Every one of our models is built with norm={norm!r}: a {norm} normalisation after "
         "every linear layer of its MLPs (experts, bottom, columns, towers), before the "
         "activation, as torch-rechub's MLP does with BatchNorm1d."
     )
+    if gate_norm is not None:
+        norm_about += (
+            f" The softmax-gated models (MMoE, OMoE, CGC, PLE) are built with "
+            f"gate_norm={gate_norm!r}: their gates' logits pass a {gate_norm} normalisation "
+            "before the softmax, as torch-rechub's gates (Linear, BatchNorm1d, softmax) do."
+        )
+
+    def options(model: str) -> dict:
+        """The suite's options for ``model``, with the norms it takes."""
+        takes = inspect.signature(mtlzoo.get_model_builder(model)).parameters
+        return {**MODEL_OPTIONS[model], **norm_options,
+                **({"gate_norm": gate_norm} if gate_norm and "gate_norm" in takes else {})}
 
     def run(point: dict) -> dict:
         data = load(point["task_group"])
         torch.manual_seed(point["seed"])
         encoder = TabularEncoder(data.cardinalities, len(data.numeric_columns), embedding_dim=4)
         model = mtlzoo.create_model(point["model"], tasks=data.tasks, encoder=encoder,
-                                    tower_dims=(8,), **MODEL_OPTIONS[point["model"]],
-                                    **norm_options)
+                                    tower_dims=(8,), **options(point["model"]))
         return fit_and_score(model, data, point["weighting"], point["seed"])
 
     stem = out / name

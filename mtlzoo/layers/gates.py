@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from mtlzoo import _checks
 from mtlzoo.errors import MtlzooError
 from mtlzoo.layers.axes import Spec, einsum_specs
-from mtlzoo.layers.stacked import GroupIndex, StackedLinear
+from mtlzoo.layers.stacked import GroupIndex, Norm, StackedLinear, stacked_norm
 
 _MIXTURE = Spec("b g e, b e h -> b g h", "weights (b, g, e), experts (b, e, h)",
                 "one torch.einsum (a bmm over b)")
@@ -27,7 +27,7 @@ def mix_experts(weights: Tensor, experts: Tensor) -> Tensor:
     Spec("b d, g d a -> b g a", "logits, x (b, d) read by every gate", "StackedLinear's mm"),
     Spec("b g d, g d a -> b g a", "logits, x (b, g, d): gate g reads x[:, g]",
          "StackedLinear's baddbmm"),
-    Spec(_MIXTURE.pattern, "mixture: softmax of the logits over a, scattered into e",
+    Spec(_MIXTURE.pattern, "mixture: softmax of the (normalised) logits over a, scattered into e",
          "mix_experts"),
 )
 class SoftmaxGates(nn.Module):
@@ -37,6 +37,11 @@ class SoftmaxGates(nn.Module):
     adds a bias to the logits). Logits ``"b d, g d a -> b g a"`` when every gate reads the
     same x, ``"b g d, g d a -> b g a"`` when gate g reads ``x[:, g]``; softmax over a,
     scattered into e; mixture ``"b g e, b e h -> b g h"`` (``mix_experts``).
+
+    ``norm`` (None, "batch" or "layer") normalises the logits (b, g, a) before the softmax,
+    one op for all gates: ``"batch"`` is one ``nn.BatchNorm1d(a)`` per gate, as torch-rechub's
+    gates (an MLP whose one layer has batch norm) do; ``"layer"`` one ``nn.LayerNorm(a)``
+    per gate. Its parameters (and running statistics) are ``norm.*``, each (g, a).
 
     ``mask`` (g, e), optional: gate g may only use the experts where it is True. Every row must
     allow the same number ``a`` of experts; logits are computed only for those (weight
@@ -55,6 +60,7 @@ class SoftmaxGates(nn.Module):
         num_experts: int,
         mask: Tensor | None = None,
         bias: bool = False,
+        norm: Norm = None,
     ) -> None:
         super().__init__()
         self.num_gates = _checks.positive_int("num_gates", num_gates)
@@ -63,6 +69,7 @@ class SoftmaxGates(nn.Module):
         self.restricted = expert_index.shape[1] < num_experts
         self.register_buffer("expert_index", expert_index.contiguous(), persistent=False)
         self.logits = StackedLinear(num_gates, in_features, expert_index.shape[1], bias=bias)
+        self.norm = stacked_norm(norm, num_gates, expert_index.shape[1])  # None: no keys
 
     def forward(
         self, x: Tensor, experts: Tensor, index: GroupIndex = None
@@ -83,7 +90,10 @@ class SoftmaxGates(nn.Module):
 
     def weights(self, x: Tensor, index: GroupIndex = None) -> Tensor:
         """The gates' weights alone, (b, g, e)."""
-        weights = torch.softmax(self.logits(x, index), dim=-1)
+        logits = self.logits(x, index)
+        if self.norm is not None:
+            logits = self.norm(logits, index)
+        weights = torch.softmax(logits, dim=-1)
         if self.restricted:
             expert_index = self.expert_index if index is None else self.expert_index[index]
             full = weights.new_zeros(*weights.shape[:2], self.num_experts)

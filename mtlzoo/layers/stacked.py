@@ -165,6 +165,15 @@ class _StackedLayerNorm(nn.Module):
         return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=NORM_EPS), weight)
 
 
+def stacked_norm(norm: Norm, groups: int, features: int) -> nn.Module | None:
+    """G normalisations of ``features`` each, one op for all groups: ``"batch"`` G
+    ``nn.BatchNorm1d``, ``"layer"`` G ``nn.LayerNorm``, None none (after checking ``norm``).
+    Called as ``module(x, index)`` on x (b, g, features)."""
+    if _checks.choice("norm", norm, NORMS) is None:
+        return None
+    return (_StackedBatchNorm if norm == "batch" else _StackedLayerNorm)(groups, features)
+
+
 @einsum_specs(
     Spec("b d, g d h -> b g h", "first layer, x (b, d) read by every group",
          "StackedLinear's mm"),
@@ -186,7 +195,7 @@ class StackedMLP(nn.Module):
     activation, as torch-rechub's MLP does (linear -> norm -> activation -> dropout), one op
     for all groups: ``"batch"`` is one ``nn.BatchNorm1d(h)`` per group (statistics per group
     and feature over the batch; running statistics in train mode, used in eval mode; a batch
-    of one row in train mode is an MtlzooError), ``"layer"`` one ``nn.LayerNorm(h)`` per
+    of one row in train mode is normalised with them), ``"layer"`` one ``nn.LayerNorm(h)`` per
     group. Their parameters (and running statistics) are ``norms.<layer>.*``, each (g, h);
     with None there are none. ``index`` reads and updates only those groups' statistics.
     """
@@ -210,8 +219,7 @@ class StackedMLP(nn.Module):
         self.norm = _checks.choice("norm", norm, NORMS)
         self.norms: nn.ModuleList | None = None  # no state_dict keys without a norm
         if norm is not None:
-            stacked_norm = _StackedBatchNorm if norm == "batch" else _StackedLayerNorm
-            self.norms = nn.ModuleList(stacked_norm(groups, width) for width in widths[1:])
+            self.norms = nn.ModuleList(stacked_norm(norm, groups, width) for width in widths[1:])
         self.activation = make_activation(activation)
         p = _checks.probability("dropout", dropout)
         self.dropout = nn.Dropout(p) if p > 0 else nn.Identity()

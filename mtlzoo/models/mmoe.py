@@ -16,15 +16,31 @@ from mtlzoo._registry import register_model
 from mtlzoo.errors import MtlzooError
 from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads
 from mtlzoo.layers.activations import Activation
+from mtlzoo.layers.stacked import NORMS
 from mtlzoo.layers.topk import NoisyTopKGates
 from mtlzoo.models.base import MultiTaskModel
 from mtlzoo.tasks import Task
 
 GATES = ("softmax", "topk")
-# the top-k dispatch runs an expert on the rows routed to it (padded): not the batch's statistics
-NOT_WITH_TOPK = ("norm='batch' does not go with gate='topk': the top-k dispatch runs each expert "
-                 "on the rows routed to it, so its batch statistics would not be the batch's; "
-                 "use norm='layer' or gate='softmax'")
+
+
+def check_gate(gate: str, norm: str | None, gate_norm: str | None) -> str:
+    """``gate`` checked against GATES and the norms it goes with; returns it."""
+    gate = _checks.choice("gate", gate, GATES)
+    _checks.choice("gate_norm", gate_norm, NORMS)
+    if gate == "topk" and norm == "batch":
+        # the top-k dispatch runs an expert on the rows routed to it: not the batch
+        raise MtlzooError(
+            "norm='batch' does not go with gate='topk': the top-k dispatch runs each expert "
+            "on the rows routed to it, so its batch statistics would not be the batch's; "
+            "use norm='layer' or gate='softmax'"
+        )
+    if gate == "topk" and gate_norm is not None:
+        raise MtlzooError(
+            f"gate_norm={gate_norm!r} is for softmax gates, got gate='topk' (its noisy "
+            "logits are not normalised); use gate_norm=None or gate='softmax'"
+        )
+    return gate
 
 
 @register_model("mmoe")
@@ -37,6 +53,9 @@ class MMoE(MultiTaskModel):
     ``gate="topk"``: noisy top-k gates (Shazeer et al. 2017, ``NoisyTopKGates``); only the
     chosen (row, expert) pairs run (``sparse_mixture``), ``aux_loss`` is their load-balancing
     loss; ``gate_weights`` keep their shape, ``top_k`` non-zero weights a row.
+
+    ``norm`` normalises the experts' and towers' layers, ``gate_norm`` the softmax gates'
+    logits (``SoftmaxGates``); torch-rechub's MMoE has both as batch norm.
     """
 
     one_gate: ClassVar[bool] = False
@@ -52,6 +71,7 @@ class MMoE(MultiTaskModel):
         dropout: float = 0.0,
         activation: Activation = "relu",
         norm: str | None = None,
+        gate_norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -62,14 +82,12 @@ class MMoE(MultiTaskModel):
         self.experts = StackedMLP(num_experts, in_features, expert_dims, activation, dropout,
                                   norm)
         num_gates = 1 if self.one_gate else len(self.tasks)
-        self.gate = _checks.choice("gate", gate, GATES)
-        if gate == "topk" and norm == "batch":
-            raise MtlzooError(NOT_WITH_TOPK)
+        self.gate = check_gate(gate, norm, gate_norm)
         if gate == "topk":
             self.gates = NoisyTopKGates(num_gates, in_features, num_experts, top_k,
                                         noise=gate_noise)
         else:
-            self.gates = SoftmaxGates(num_gates, in_features, num_experts)
+            self.gates = SoftmaxGates(num_gates, in_features, num_experts, norm=gate_norm)
         self.heads = TaskHeads(self.tasks, expert_dims[-1], tower_dims, activation, dropout,
                                norm)
 

@@ -19,7 +19,7 @@ from mtlzoo.layers import SoftmaxGates, StackedMLP, TaskHeads, run_jointly
 from mtlzoo.layers.activations import Activation
 from mtlzoo.layers.topk import NoisyTopKGates
 from mtlzoo.models.base import MultiTaskModel
-from mtlzoo.models.mmoe import GATES, NOT_WITH_TOPK
+from mtlzoo.models.mmoe import check_gate
 from mtlzoo.tasks import Task
 
 
@@ -46,6 +46,7 @@ class ExtractionNetwork(nn.Module):
         *,
         last: bool,
         norm: str | None = None,
+        gate_norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -65,11 +66,9 @@ class ExtractionNetwork(nn.Module):
         expert_ids = torch.arange(num_experts)
         owner = torch.div(expert_ids, max(num_task_experts, 1), rounding_mode="floor")
         mask = (owner == torch.arange(num_tasks)[:, None]) | (expert_ids >= task_total)
-        self.sparse = _checks.choice("gate", gate, GATES) == "topk"
-        if self.sparse and norm == "batch":
-            raise MtlzooError(NOT_WITH_TOPK)
+        self.sparse = check_gate(gate, norm, gate_norm) == "topk"
         gates = (partial(NoisyTopKGates, top_k=top_k, noise=gate_noise) if self.sparse
-                 else SoftmaxGates)
+                 else partial(SoftmaxGates, norm=gate_norm))
         self.task_gates = gates(num_tasks, in_features, num_experts, mask=mask)
         # the shared output feeds the next level's shared experts: none there, no shared gate
         has_next_shared = not last and num_shared_experts > 0
@@ -141,6 +140,8 @@ class PLE(MultiTaskModel):
     ``gate="topk"``: every gate is a noisy top-k gate (``NoisyTopKGates``, a task gate
     choosing among the experts its mask allows), only the chosen experts run, and
     ``aux_loss`` sums the gates' load-balancing losses over the levels.
+    ``gate_norm`` normalises every softmax gate's logits (``SoftmaxGates``), as
+    torch-rechub's batch-normalised gates do.
     """
 
     def __init__(
@@ -156,6 +157,7 @@ class PLE(MultiTaskModel):
         dropout: float = 0.0,
         activation: Activation = "relu",
         norm: str | None = None,
+        gate_norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -174,7 +176,7 @@ class PLE(MultiTaskModel):
             ExtractionNetwork(
                 len(self.tasks), in_features if k == 0 else width, num_shared, num_own,
                 expert_dims, activation, dropout, last=k == num_levels - 1, norm=norm,
-                gate=gate, top_k=top_k, gate_noise=gate_noise,
+                gate_norm=gate_norm, gate=gate, top_k=top_k, gate_noise=gate_noise,
             )
             for k in range(num_levels)
         )
@@ -212,6 +214,7 @@ class CGC(PLE):
         dropout: float = 0.0,
         activation: Activation = "relu",
         norm: str | None = None,
+        gate_norm: str | None = None,
         gate: str = "softmax",
         top_k: int = 2,
         gate_noise: bool = True,
@@ -220,5 +223,6 @@ class CGC(PLE):
             in_features=in_features, tasks=tasks, num_levels=1,
             num_shared_experts=num_shared_experts, num_task_experts=num_task_experts,
             expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout,
-            activation=activation, norm=norm, gate=gate, top_k=top_k, gate_noise=gate_noise,
+            activation=activation, norm=norm, gate_norm=gate_norm, gate=gate, top_k=top_k,
+            gate_noise=gate_noise,
         )
