@@ -18,7 +18,9 @@ p flattened shared parameters.
 * ``loss_ratios``: ``L_t / L_t(first step)`` per task.
 
 ``Trainer(diagnostics_every=N)`` logs them every N steps into ``trainer.diagnostics``
-(``Diagnostics``; docs/training.md, "Diagnostics").
+(``Diagnostics``; docs/training.md, "Diagnostics"), and each epoch's mean of the
+per-row ones (``epoch_summary``: entropies, effective experts, cosines, loss ratios; not the
+per-expert loads) into ``trainer.history``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,27 @@ SHARED = "shared"  # the name of a gate row that serves every task
 # AITM's "transfer" weights (b, n, 2) over [p_{t-1}, q_t]: a row per selected task after the
 # model's first; they weigh two inputs, not experts, so no collapse is looked for in them
 TRANSFER_GATES = ("transfer",)
+
+
+# the columns ``epoch_summary`` averages into the history: one a gate row, task or pair (the
+# per-expert ``expert load/`` and ``top expert/`` columns stay in ``trainer.diagnostics``)
+SUMMARY_COLUMNS = ("gate entropy/", "normalised entropy/", "effective experts/",
+                   "grad cosine/", "loss ratio/")
+
+
+def epoch_summary(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The mean over ``rows`` (an epoch's logged diagnostics rows) of each
+    ``SUMMARY_COLUMNS`` column, NaN (a gate row no batch reached) left out; a column NaN in
+    every row stays NaN. Empty without rows."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name.startswith(SUMMARY_COLUMNS):
+                seen = sums.setdefault(name, [0.0, 0])
+                if value == value:  # not NaN
+                    seen[0] += value
+                    seen[1] += 1
+    return {name: total / count if count else math.nan for name, (total, count) in sums.items()}
 
 
 class ExpertCollapseWarning(UserWarning):

@@ -193,8 +193,30 @@ def test_training_with_diagnostics_equals_training_without(name, weighting, regi
     for key, value in plain.optimizer.state_dict()["state"].items():
         assert all(torch.equal(v, logged.optimizer.state_dict()["state"][key][k])
                    for k, v in value.items() if isinstance(v, torch.Tensor))
-    assert plain.history.equals(logged.history)
+    assert plain.history.equals(logged.history[plain.history.columns])
     assert plain.diagnostics.empty and logged.diagnostics.step.tolist() == [2, 4, 6]
+
+
+def test_the_history_holds_each_epochs_mean_of_the_per_row_diagnostics():
+    trainer = _train("ple", diagnostics_every=2)  # 3 steps an epoch: steps 2 | 4, 6 logged
+    history, frame = trainer.history, trainer.diagnostics
+    summary = [c for c in frame.columns if c.startswith(diagnostics.SUMMARY_COLUMNS)]
+    per_expert = [c for c in frame.columns if c.startswith(("expert load/", "top expert/"))]
+    assert summary and per_expert
+    assert {"gate entropy/level1/income", "grad cosine/income~topic",
+            "loss ratio/score"} <= set(summary)
+    assert set(summary) <= set(history.columns) and not set(per_expert) & set(history.columns)
+    for epoch, steps in ((1, [2]), (2, [4, 6])):
+        expected = frame[frame.step.isin(steps)][summary].mean()  # pandas skips NaN
+        got = history[history.epoch == epoch][summary].iloc[0]
+        torch.testing.assert_close(torch.tensor(got.to_numpy(dtype=float)),
+                                   torch.tensor(expected.to_numpy(dtype=float)),
+                                   equal_nan=True, rtol=1e-12, atol=0)
+    assert diagnostics.epoch_summary([]) == {}
+    nan_then_one = diagnostics.epoch_summary([{"loss ratio/a": math.nan, "step": 1},
+                                              {"loss ratio/a": 1.0, "step": 2}])
+    assert nan_then_one == {"loss ratio/a": 1.0}
+    assert math.isnan(diagnostics.epoch_summary([{"loss ratio/a": math.nan}])["loss ratio/a"])
 
 
 def test_a_logged_step_hands_the_optimizer_the_gradients_of_a_step_that_is_not():

@@ -191,6 +191,25 @@ def test_the_onnx_program_equals_eager_on_new_batch_sizes(tmp_path):
                                        rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", mtlzoo.list_models())
+def test_every_models_onnx_program_equals_eager_on_new_batch_sizes(name, tmp_path):
+    """Each registered model on dense features (3-8 s a model here)."""
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    pytest.importorskip("onnxscript", reason="the [onnx] extra is not installed")
+    torch.manual_seed(0)
+    model = build(name).eval()
+    path = mtlzoo.export_onnx(model, features(EXPORT_ROWS), tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [node.name for node in session.get_outputs()] == list(model.task_names)
+    for rows in NEW_ROWS:
+        x = features(rows)
+        got = session.run(None, {"inputs": x.numpy()})
+        expected = model(x).logits
+        for task, logits in zip(model.task_names, got, strict=True):
+            torch.testing.assert_close(torch.from_numpy(logits), expected[task],
+                                       rtol=1e-5, atol=1e-6)
+
+
 def test_export_onnx_without_the_extra_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if it were not installed
     with pytest.raises(MtlzooError, match=r"pip install 'mtlzoo\[onnx\]'"):

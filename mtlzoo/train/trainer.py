@@ -29,7 +29,7 @@ from mtlzoo import _checks
 from mtlzoo.data.batches import as_batches
 from mtlzoo.data.schedule import JOINT, JointSchedule, Position, TaskSchedule
 from mtlzoo.data.streams import WINDOW_BATCHES, StreamBatches, is_stream
-from mtlzoo.diagnostics import Diagnostics
+from mtlzoo.diagnostics import Diagnostics, epoch_summary
 from mtlzoo.encoders import sharding
 from mtlzoo.errors import MtlzooError, suggest
 from mtlzoo.losses import labelled_rows, task_loss
@@ -108,7 +108,9 @@ class Trainer:
     ``diagnostics_every``: every N steps, log the gates' entropy and expert load per task,
     the cosine of the tasks' gradients on the shared parameters and each task's loss over
     its first, one row per logged step in ``trainer.diagnostics`` (``mtlzoo.diagnostics``;
-    docs/training.md, "Diagnostics"); the weights trained are those of a run without.
+    docs/training.md, "Diagnostics"), and each epoch's mean of the entropies, effective
+    experts, cosines and loss ratios in its ``history`` row; the weights trained are those of
+    a run without.
     One process only: under DDP and FSDP2 it is refused.
 
     >>> trainer = Trainer(model, weighting="uncertainty", lr=1e-3)      # doctest: +SKIP
@@ -228,7 +230,8 @@ class Trainer:
 
     @property
     def history(self):
-        """One row per completed epoch: train loss and mean weight per task, eval metrics."""
+        """One row per completed epoch: train loss and mean weight per task, eval metrics
+        (and with ``diagnostics_every`` the epoch's mean of the per-row diagnostics)."""
         import pandas as pd
 
         return pd.DataFrame(self.state.history)
@@ -429,6 +432,9 @@ class Trainer:
         for name, sums in state.epoch_sums.items():
             row[f"{name}/train_loss"] = sums.loss / sums.steps
             row[f"{name}/weight"] = sums.weight / sums.steps
+        if self._diagnostics is not None:  # the epoch's mean of the per-row diagnostics
+            row.update(epoch_summary([logged for logged in state.diagnostics
+                                      if logged["epoch"] == row["epoch"]]))
         if eval_sources is not None:
             for name, metrics in self._evaluate(eval_sources).iterrows():
                 row.update({f"{name}/{key}": _plain(value) for key, value in metrics.items()})
