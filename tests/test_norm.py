@@ -251,24 +251,33 @@ def test_contract_bf16_autocast_with_norm(norm_model, norm):
         torch.testing.assert_close(low.logits[name].float(), logits, atol=2e-2, rtol=2e-2)
 
 
-def test_census_suite_runs_a_norm_and_a_subset_and_says_so(tmp_path, monkeypatch, capsys):
-    import pandas as pd
-
-    from mtlzoo import cli
+def census_cli(tmp_path, monkeypatch, *options: str) -> tuple[list, list[str]]:
+    """The census suite's command line on a tiny written data set, with ``options``, one seed
+    of the demo size, its training replaced (not tested here): the models it builds are
+    appended to the list returned beside the argv."""
     from mtlzoo.bench import census
     from tests.test_census_income import write_pair
 
     built = []
 
-    def fit_and_score(model, data, weighting, seed, **budget):  # the training is not tested here
+    def fit_and_score(model, data, weighting, seed, **budget):
         built.append(model)
         return {"main_auc": 0.9, "aux_auc": 0.99, "best_epoch": 1, "train_s": 0.0}
 
     monkeypatch.setattr(census, "fit_and_score", fit_and_score)
     write_pair(tmp_path / "census")
-    argv = ["bench", "quality", "--suite", "census", "--size", "demo", "--census-path",
-            str(tmp_path / "census"), "--out", str(tmp_path), "--quiet", "--seeds", "1",
-            "--norm", "batch", "--models", "mmoe,single_task"]
+    return built, ["bench", "quality", "--suite", "census", "--size", "demo", "--census-path",
+                   str(tmp_path / "census"), "--out", str(tmp_path), "--quiet", "--seeds", "1",
+                   *options]
+
+
+def test_census_suite_runs_a_norm_and_a_subset_and_says_so(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from mtlzoo import cli
+
+    built, argv = census_cli(tmp_path, monkeypatch, "--norm", "batch",
+                             "--models", "mmoe,single_task")
     assert cli.main(argv) == 0
     assert len(built) == 4 and all(
         {module.norm for module in model.modules() if isinstance(module, StackedMLP)}
@@ -390,21 +399,10 @@ def test_gate_norm_is_checked_and_refused_with_top_k_gates():
 def test_census_suite_builds_the_gated_models_with_gate_norm_and_names_its_tables(
         tmp_path, monkeypatch):
     from mtlzoo import cli
-    from mtlzoo.bench import census
     from mtlzoo.layers import SoftmaxGates
-    from tests.test_census_income import write_pair
 
-    built = []
-
-    def fit_and_score(model, data, weighting, seed, **budget):  # the training is not tested here
-        built.append(model)
-        return {"main_auc": 0.9, "aux_auc": 0.99, "best_epoch": 1, "train_s": 0.0}
-
-    monkeypatch.setattr(census, "fit_and_score", fit_and_score)
-    write_pair(tmp_path / "census")
-    argv = ["bench", "quality", "--suite", "census", "--size", "demo", "--census-path",
-            str(tmp_path / "census"), "--out", str(tmp_path), "--quiet", "--seeds", "1",
-            "--norm", "batch", "--gate-norm", "layer", "--models", "mmoe,ple,shared_bottom"]
+    built, argv = census_cli(tmp_path, monkeypatch, "--norm", "batch", "--gate-norm", "layer",
+                             "--models", "mmoe,ple,shared_bottom")
     assert cli.main(argv) == 0
     gate_norms = {type(model).__name__: {type(gates.norm).__name__ for gates in model.modules()
                                          if isinstance(gates, SoftmaxGates)}
