@@ -3,6 +3,7 @@
     mtlzoo list                                   architectures and weightings
     mtlzoo train --model mmoe --data synthetic --weighting uncertainty --epochs 3
     mtlzoo train --model mmoe --checkpoint run.pt  resumes from run.pt when it exists
+    mtlzoo train --model mmoe --option gate=topk --option top_k=2   any builder argument
     mtlzoo train --recipe imdb-agnews [--data-dir DIR]   sentiment + topic over one BiLSTM
     mtlzoo train --recipe text-pair --task sentiment=DIR --task topic=DIR   any two corpora
     mtlzoo train --recipe imdb-agnews --compare-single-task --seeds 3   does sharing help?
@@ -27,10 +28,12 @@ option; 130 for Ctrl-C). ``--debug``, given before the command (``mtlzoo --debug
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import math
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import mtlzoo
@@ -80,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one architecture and print its metrics")
     train.add_argument("--model", choices=mtlzoo.list_models())
+    train.add_argument(
+        "--option", action="append", metavar="NAME=VALUE",
+        help="an argument of the model's builder, e.g. norm=batch, gate=topk, top_k=2, "
+             "num_experts=16, expert_dims=64,64 (VALUE read as a Python literal, else as "
+             "text); repeat for each",
+    )
     train.add_argument("--data", choices=DATA, help="default synthetic")
     train.add_argument("--recipe", choices=RECIPES, help="a published set-up, end to end")
     train.add_argument(
@@ -260,7 +269,8 @@ def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
 # the options only one kind of train run reads: the other refuses them, rather than
 # accepting and ignoring them; synthetic runs take their defaults from here, a recipe from
 # its function's signature (mtlzoo.recipes), the one source for the CLI, the API and docs
-SYNTHETIC_OPTIONS = {"model": None, "data": "synthetic", "checkpoint": None, "force": False,
+SYNTHETIC_OPTIONS = {"model": None, "option": None, "data": "synthetic", "checkpoint": None,
+                     "force": False,
                      "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
                      "lr": 1e-3, "seed": 0, "strategy": "auto", "precision": "fp32",
                      "compile": False, "diagnostics_every": None, "diagnostics_plot": None}
@@ -331,16 +341,19 @@ def _train(args: argparse.Namespace) -> int:
         engine = "FSDP2" if args.strategy == "fsdp" else "DDP"
         ranks = (f", {dist.get_world_size()} ranks ({engine})"
                  if dist.is_initialized() and args.strategy != "none" else "")
+        options = _model_options(args.option or ())
         extras = "".join([", bf16 autocast" if args.precision == "bf16" else "",
                           ", compiled" if args.compile else ""])
+        listed = ", ".join(f"{name}={value!r}" for name, value in options.items())
         say(
             f"Synthetic tasks (MMoE generator, PLE constants): {args.rows} rows, correlation "
-            f"{args.correlation}, 512 features; {args.epochs} epochs of Adam (lr {args.lr}, "
+            f"{args.correlation}, 512 features; {args.model}{f' ({listed})' if listed else ''}, "
+            f"{args.epochs} epochs of Adam (lr {args.lr}, "
             f"batch {args.batch_size}{' a rank' if ranks else ''}), weighting "
             f"{args.weighting!r}, seed {args.seed}{ranks}{extras}.",
             file=sys.stderr,
         )
-        trainer = _trainer(args)
+        trainer = _trainer(args, options)
         if args.checkpoint and Path(args.checkpoint).exists():
             trainer = _resume(trainer, args, say)
         if trainer.epoch >= args.epochs:
@@ -362,18 +375,38 @@ def _silent(*args, **kwargs) -> None:
     """``print`` on the ranks other than 0."""
 
 
-def _trainer(args: argparse.Namespace) -> mtlzoo.Trainer:
+def _trainer(args: argparse.Namespace, options: dict) -> mtlzoo.Trainer:
     import torch
 
     torch.manual_seed(args.seed)
     tasks = [mtlzoo.Task("y1", kind="regression"), mtlzoo.Task("y2", kind="regression")]
-    model = mtlzoo.create_model(args.model, in_features=512, tasks=tasks)
+    model = mtlzoo.create_model(args.model, in_features=512, tasks=tasks, **options)
     return mtlzoo.Trainer(
         model, weighting=args.weighting, lr=args.lr, batch_size=args.batch_size,
         seed=args.seed, progress=not args.quiet, strategy=args.strategy,
         precision=args.precision, compile=args.compile,
         diagnostics_every=args.diagnostics_every,
     )
+
+
+def _model_options(specs: Sequence[str]) -> dict:
+    """--option NAME=VALUE, each VALUE a Python literal (``2``, ``None``, ``64,64``) or else
+    the text itself (``batch``); the builder checks names and values (create_model)."""
+    options = {}
+    for spec in specs:
+        name, equals, text = spec.partition("=")
+        name = name.strip()
+        if not equals or not name.isidentifier() or not text:
+            raise mtlzoo.MtlzooError(f"--option takes NAME=VALUE, got {spec!r}")
+        if name in options:
+            raise mtlzoo.MtlzooError(f"--option {name} is given twice")
+        if name in ("in_features", "tasks", "encoder"):
+            raise mtlzoo.MtlzooError(f"--option {name}: the synthetic data sets it")
+        try:
+            options[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[name] = text
+    return options
 
 
 def _plot_expert_load(trainer: mtlzoo.Trainer, path: str, say=print) -> None:

@@ -91,6 +91,11 @@ def write_garbage_census(folder: Path) -> Path:
       "--out", "{tmp}", "--quiet"], "{tmp}/nope"),
     (["bench", "quality", "--suite", "census", "--size", "demo", "--census-path",
       "{tmp}/census", "--out", "{tmp}", "--quiet"], "gzip"),  # an OSError reading the data
+    ([*TRAIN, "--option", "norm=bogus"], "'bogus'"),  # the builder checks each value
+    ([*TRAIN, "--option", "bogus=1"], "no argument 'bogus'"),
+    ([*TRAIN, "--option", "norm"], "NAME=VALUE, got 'norm'"),
+    ([*TRAIN, "--option", "norm=batch", "--option", "norm=layer"], "norm is given twice"),
+    ([*TRAIN, "--option", "tasks=3"], "--option tasks"),
     ([*TRAIN, "--checkpoint", "{tmp}/file/run.pt"], "{tmp}/file"),  # an OSError saving
     (["demo", "--out", "{tmp}/file", "--quiet"], "{tmp}/file"),
     (["bench", "quality", "--suite", "synthetic", "--rows", "300", "--epochs", "1",
