@@ -270,10 +270,10 @@ def _training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
 # accepting and ignoring them; synthetic runs take their defaults from here, a recipe from
 # its function's signature (mtlzoo.recipes), the one source for the CLI, the API and docs
 SYNTHETIC_OPTIONS = {"model": None, "option": None, "data": "synthetic", "checkpoint": None,
-                     "force": False,
-                     "rows": 10_000, "correlation": 0.5, "epochs": 3, "batch_size": 128,
-                     "lr": 1e-3, "seed": 0, "strategy": "auto", "precision": "fp32",
-                     "compile": False, "diagnostics_every": None, "diagnostics_plot": None}
+                     "force": False, "rows": 10_000, "correlation": 0.5, "epochs": 3,
+                     "batch_size": 128, "lr": 1e-3, "seed": 0, "strategy": "auto",
+                     "precision": "fp32", "compile": False, "diagnostics_every": None,
+                     "diagnostics_plot": None}
 RECIPE_OPTIONS = ("task", "data_dir", "cache_dir", "max_vocab", "max_length", "embedding_dim",
                   "hidden_size", "pooling", "batching", "steps", "compare_single_task", "seeds",
                   "out")

@@ -169,16 +169,19 @@ def test_train_passes_strategy_precision_and_compile_to_the_trainer(monkeypatch,
 def test_train_passes_model_options_to_the_builder(monkeypatch, capsys):
     built = []
     create_model = mtlzoo.create_model
-    monkeypatch.setattr(mtlzoo, "create_model",
-                        lambda name, **options: built.append(options) or create_model(name,
-                                                                                      **options))
+
+    def recording(name, **options):
+        built.append(options)
+        return create_model(name, **options)
+
+    monkeypatch.setattr(mtlzoo, "create_model", recording)
     argv = ["train", "--model", "mmoe", "--rows", "200", "--epochs", "1", "--quiet",
             "--option", "norm=layer", "--option", "gate=topk", "--option", "top_k=2",
             "--option", "expert_dims=16,8", "--option", "gate_noise=False"]
     assert cli.main(argv) == 0
-    assert {key: value for key, value in built[-1].items() if key not in ("in_features",
-                                                                           "tasks")} == {
-        "norm": "layer", "gate": "topk", "top_k": 2, "expert_dims": (16, 8), "gate_noise": False}
+    given = {key: value for key, value in built[-1].items() if key not in ("in_features", "tasks")}
+    assert given == {"norm": "layer", "gate": "topk", "top_k": 2, "expert_dims": (16, 8),
+                     "gate_noise": False}
     assert ("mmoe (norm='layer', gate='topk', top_k=2, expert_dims=(16, 8), gate_noise=False)"
             in capsys.readouterr().err)
 
