@@ -389,17 +389,27 @@ def _trainer(args: argparse.Namespace, options: dict) -> mtlzoo.Trainer:
     )
 
 
+def _pairs(specs: Sequence[str], option: str, value: str) -> dict[str, str]:
+    """``--option NAME=VALUE`` given once or more, as {NAME: VALUE} (texts); an error names
+    a spec without both sides and a NAME given twice."""
+    pairs = {}
+    for spec in specs:
+        name, equals, text = spec.partition("=")
+        if not equals or not name or not text:
+            raise mtlzoo.MtlzooError(f"{option} takes NAME={value}, got {spec!r}")
+        if name in pairs:
+            raise mtlzoo.MtlzooError(f"{option} {name} is given twice")
+        pairs[name] = text
+    return pairs
+
+
 def _model_options(specs: Sequence[str]) -> dict:
     """--option NAME=VALUE, each VALUE a Python literal (``2``, ``None``, ``64,64``) or else
     the text itself (``batch``); the builder checks names and values (create_model)."""
     options = {}
-    for spec in specs:
-        name, equals, text = spec.partition("=")
-        name = name.strip()
-        if not equals or not name.isidentifier() or not text:
-            raise mtlzoo.MtlzooError(f"--option takes NAME=VALUE, got {spec!r}")
-        if name in options:
-            raise mtlzoo.MtlzooError(f"--option {name} is given twice")
+    for name, text in _pairs(specs, "--option", "VALUE").items():
+        if not name.isidentifier():
+            raise mtlzoo.MtlzooError(f"--option takes NAME=VALUE, got {f'{name}={text}'!r}")
         if name in ("in_features", "tasks", "encoder"):
             raise mtlzoo.MtlzooError(f"--option {name}: the synthetic data sets it")
         try:
@@ -627,14 +637,7 @@ def _recipe_tasks(args: argparse.Namespace) -> dict[str, str]:
         if args.data_dir:
             raise mtlzoo.MtlzooError("--data-dir is for the default pair; with --task give each "
                                      "task's folder in SOURCE")
-        tasks = {}
-        for spec in args.task:
-            name, equals, source = spec.partition("=")
-            if not equals or not name or not source:
-                raise mtlzoo.MtlzooError(f"--task takes NAME=SOURCE, got {spec!r}")
-            if name in tasks:
-                raise mtlzoo.MtlzooError(f"--task {name} is given twice")
-            tasks[name] = source
+        tasks = _pairs(args.task, "--task", "SOURCE")
         if len(tasks) < 2:
             raise mtlzoo.MtlzooError(f"a multi-task recipe needs two --task or more, got "
                                      f"{list(tasks)}")

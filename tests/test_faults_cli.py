@@ -94,6 +94,7 @@ def write_garbage_census(folder: Path) -> Path:
     ([*TRAIN, "--option", "norm=bogus"], "'bogus'"),  # the builder checks each value
     ([*TRAIN, "--option", "bogus=1"], "no argument 'bogus'"),
     ([*TRAIN, "--option", "norm"], "NAME=VALUE, got 'norm'"),
+    ([*TRAIN, "--option", "top-k=2"], "NAME=VALUE, got 'top-k=2'"),
     ([*TRAIN, "--option", "norm=batch", "--option", "norm=layer"], "norm is given twice"),
     ([*TRAIN, "--option", "tasks=3"], "--option tasks"),
     ([*TRAIN, "--checkpoint", "{tmp}/file/run.pt"], "{tmp}/file"),  # an OSError saving
